@@ -1,0 +1,52 @@
+"""The Python API: what flows and CI scripts call. Settings come from the environment
+and composer.toml unless given; every function returns digests, never bare tags."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+from .compose import BuildResult
+from .compose import build as _build
+from .compose import resolve
+from .config import Settings, load_settings
+from .resolver import record_run
+
+
+def _settings(settings: Optional[Settings], registry: Optional[str]) -> Settings:
+    return settings or load_settings({"registry": registry})
+
+
+def build(
+    upstream_run: str,
+    extra: str,
+    name: Optional[str] = None,
+    *,
+    variables: Optional[Dict[str, str]] = None,
+    run_id: Optional[str] = None,
+    update: bool = False,
+    registry: Optional[str] = None,
+    settings: Optional[Settings] = None,
+) -> BuildResult:
+    """Compose (or find) the image for upstream_run + extra; see BuildResult for the fields."""
+    return _build(_settings(settings, registry), upstream_run, extra, name, variables, run_id, update)
+
+
+def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None) -> str:
+    """REPO@sha256:... of the environment called name, checked against its record.
+
+    Use it where a step's image is declared: @kubernetes(image=composer.ref("explainer-...")).
+    """
+    return resolve(_settings(settings, registry), name)[0]
+
+
+def show(name: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
+    """The build record (digest manifest) of the environment called name."""
+    _, record, _ = resolve(_settings(settings, registry), name)
+    return record
+
+
+def record(run: str, image: str, requirements: Optional[str] = None, *, registry: Optional[str] = None,
+           settings: Optional[Settings] = None) -> dict:
+    """Register the image run ran in; returns the run record with its digest under "record_digest"."""
+    rec, digest = record_run(_settings(settings, registry), run, image, requirements)
+    return {**rec, "record_digest": digest}

@@ -1,0 +1,257 @@
+"""BuildKit builders, each driven as a subprocess: buildctl, docker buildx, or a Docker
+CLI with built-in BuildKit (DOCKER_BUILDKIT=1, Docker < 23). `detect` picks what the
+machine has, unless the user named one (--builder, COMPOSER_BUILDER, composer.toml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .config import Settings
+from .errors import BuildError, EnvironmentProblem
+from .names import DIGEST_RE, ImageRef
+
+BUILD_TIMEOUT = int(os.environ.get("COMPOSER_BUILD_TIMEOUT", "3600"))
+
+
+@dataclass
+class BuildRequest:
+    context: Path  # holds the Dockerfile and everything it binds
+    target: ImageRef  # registry/repository:tag to push to
+    secrets: Dict[str, str] = field(default_factory=dict)  # secret id -> file path
+    plain_http: bool = False  # the registry speaks HTTP (loopback or marked insecure)
+    progress: str = "auto"  # auto | plain | quiet
+
+
+class Builder:
+    name = "?"
+
+    def build_and_push(self, req: BuildRequest) -> str:
+        """Build req.context, push to req.target, return the pushed manifest digest."""
+        raise NotImplementedError
+
+    def command(self, req: BuildRequest, metadata: Path) -> List[str]:
+        raise NotImplementedError
+
+
+def _secret_args(req: BuildRequest) -> List[str]:
+    args = []
+    for sid, path in sorted(req.secrets.items()):
+        args += ["--secret", f"id={sid},src={path}"]
+    return args
+
+
+def _output_arg(req: BuildRequest) -> str:
+    out = f"type=image,name={req.target},push=true"
+    return out + (",registry.insecure=true" if req.plain_http else "")
+
+
+def _tty(req: BuildRequest) -> bool:
+    return req.progress == "auto" and sys.stderr.isatty()
+
+
+def run_build(cmd: List[str], req: BuildRequest, env: Optional[dict] = None) -> None:
+    """Run a BuildKit command; on failure print the failing step's log and raise BuildError."""
+    if _tty(req):
+        proc = subprocess.run(cmd, env=env, timeout=BUILD_TIMEOUT)
+        if proc.returncode:
+            raise BuildError(f"the image build failed (exit {proc.returncode}; its log is above)", "fix the failing step and rerun")
+        return
+    lines: List[str] = []
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if req.progress == "plain":
+            print(line, end="", file=sys.stderr)
+    code = proc.wait(timeout=BUILD_TIMEOUT)
+    if code:
+        step, log = failing_step(lines)
+        if req.progress != "plain":
+            sys.stderr.write("\n".join(log[-60:]) + "\n")
+        last = next((l for l in reversed(log) if l.strip()), "no output")
+        raise BuildError(f"the image build failed at {step}: {_strip_step(last)[:300]}", "fix the failing step and rerun")
+
+
+_STEP = re.compile(r"^#(\d+) ")
+
+
+def failing_step(lines: List[str]) -> "tuple[str, List[str]]":
+    """From BuildKit plain progress output: the name and the log lines of the step that failed."""
+    steps: "OrderedDict[str, List[str]]" = OrderedDict()
+    for line in lines:
+        m = _STEP.match(line)
+        steps.setdefault(m.group(1) if m else "", []).append(line)
+    failed = next((n for n, ls in steps.items() if n and any(" ERROR" in l for l in ls)), None)
+    if failed is None:
+        return "an unknown step", lines[-60:]
+    log = steps[failed]
+    title = next((_strip_step(l) for l in log if re.match(r"^#\d+ \[", l)), f"step #{failed}")
+    tail = [l for l in lines if not _STEP.match(l) and l.strip()]
+    return title, log + tail[-10:]
+
+
+def _strip_step(line: str) -> str:
+    return re.sub(r"^#\d+ (?:\d+\.\d+ )?", "", line).strip()
+
+
+def _metadata_digest(metadata: Path) -> str:
+    try:
+        digest = json.loads(metadata.read_text()).get("containerimage.digest", "")
+    except (OSError, ValueError):
+        digest = ""
+    if not DIGEST_RE.match(digest):
+        raise BuildError("the builder reported no image digest", "check the BuildKit version (metadata file support)")
+    return digest
+
+
+class BuildctlBuilder(Builder):
+    name = "buildctl"
+
+    def __init__(self, addr: Optional[str]):
+        self.addr = addr
+
+    def command(self, req: BuildRequest, metadata: Path) -> List[str]:
+        cmd = ["buildctl"] + (["--addr", self.addr] if self.addr else [])
+        return cmd + [
+            "build", "--frontend", "dockerfile.v0",
+            "--local", f"context={req.context}", "--local", f"dockerfile={req.context}",
+            "--output", _output_arg(req), "--metadata-file", str(metadata),
+            "--progress", "tty" if _tty(req) else "plain",
+        ] + _secret_args(req)
+
+    def build_and_push(self, req: BuildRequest) -> str:
+        with tempfile.TemporaryDirectory(prefix="composer-meta-") as tmp:
+            meta = Path(tmp, "metadata.json")
+            run_build(self.command(req, meta), req)
+            return _metadata_digest(meta)
+
+
+class BuildxBuilder(Builder):
+    name = "buildx"
+
+    def __init__(self, docker: str):
+        self.docker = docker
+
+    def command(self, req: BuildRequest, metadata: Path) -> List[str]:
+        return [
+            self.docker, "buildx", "build", "--output", _output_arg(req), "--metadata-file", str(metadata),
+            "--progress", "auto" if _tty(req) else "plain", "-f", str(req.context / "Dockerfile"),
+        ] + _secret_args(req) + [str(req.context)]
+
+    def build_and_push(self, req: BuildRequest) -> str:
+        with tempfile.TemporaryDirectory(prefix="composer-meta-") as tmp:
+            meta = Path(tmp, "metadata.json")
+            run_build(self.command(req, meta), req)
+            return _metadata_digest(meta)
+
+
+class DockerBuilder(Builder):
+    """A Docker CLI whose built-in BuildKit builds into the engine; the docker SDK pushes."""
+
+    name = "docker"
+
+    def __init__(self, docker: str):
+        self.docker = docker
+
+    def command(self, req: BuildRequest, metadata: Optional[Path] = None) -> List[str]:
+        return [
+            self.docker, "build", "--progress", "auto" if _tty(req) else "plain",
+            "-f", str(req.context / "Dockerfile"), "-t", str(req.target),
+        ] + _secret_args(req) + [str(req.context)]
+
+    def build_and_push(self, req: BuildRequest) -> str:
+        run_build(self.command(req), req, env={**os.environ, "DOCKER_BUILDKIT": "1"})
+        return push_with_sdk(req.target)
+
+
+def push_with_sdk(target: ImageRef) -> str:
+    import docker
+    import docker.errors
+
+    try:
+        client = docker.from_env()
+        digest = ""
+        for event in client.images.push(target.name, tag=target.tag, stream=True, decode=True):
+            if event.get("error"):
+                raise BuildError(f"pushing {target} failed: {event['error']}", "check the registry and its credentials")
+            aux = event.get("aux") or {}
+            digest = aux.get("Digest") or digest
+    except docker.errors.DockerException as exc:
+        raise BuildError(f"pushing {target} failed ({exc})", "check the Docker engine and the registry")
+    if not DIGEST_RE.match(digest):
+        raise BuildError(f"pushing {target} reported no digest", "check the Docker engine")
+    return digest
+
+
+# -- detection -------------------------------------------------------------------
+def _docker_clis() -> List[str]:
+    found = []
+    for path in (shutil.which("docker"), "/usr/bin/docker"):
+        if path and os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
+            found.append(path)
+    return found
+
+
+def _quiet(cmd: List[str], env: Optional[dict] = None) -> "subprocess.CompletedProcess[str]":
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return subprocess.CompletedProcess(cmd, 127, "", str(exc))
+
+
+def _has_buildx(docker: str) -> bool:
+    return _quiet([docker, "buildx", "version"]).returncode == 0
+
+
+def _has_builtin_buildkit(docker: str) -> bool:
+    """Docker CLIs before 23.0 build with BuildKit when DOCKER_BUILDKIT=1; later ones need buildx."""
+    proc = _quiet([docker, "version", "--format", "{{.Client.Version}}|{{.Server.Version}}"])
+    client, _, server = proc.stdout.strip().partition("|")
+    m = re.match(r"^(\d+)\.", client)
+    return proc.returncode == 0 and bool(server) and bool(m) and int(m.group(1)) < 23
+
+
+def _buildctl(settings: Settings) -> Optional[Builder]:
+    if not shutil.which("buildctl"):
+        return None
+    addr = settings.buildkit_host or os.environ.get("BUILDKIT_HOST")
+    if addr or os.path.exists("/run/buildkit/buildkitd.sock"):
+        return BuildctlBuilder(addr)
+    return None
+
+
+def detect(settings: Settings) -> Builder:
+    want = settings.builder
+    if want in ("auto", "buildctl"):
+        b = _buildctl(settings)
+        if b:
+            return b
+        if want == "buildctl":
+            raise EnvironmentProblem("builder 'buildctl' was asked for but buildctl or its daemon is missing",
+                                     "install BuildKit and set BUILDKIT_HOST, or use --builder auto")
+    clis = _docker_clis()
+    if want in ("auto", "buildx"):
+        for cli in clis:
+            if _has_buildx(cli):
+                return BuildxBuilder(cli)
+        if want == "buildx":
+            raise EnvironmentProblem("builder 'buildx' was asked for but no docker CLI has the buildx plugin",
+                                     "install docker-buildx, or use --builder auto")
+    for cli in clis:
+        if _has_builtin_buildkit(cli):
+            return DockerBuilder(cli)
+    raise EnvironmentProblem(
+        "no BuildKit builder found (buildctl with a daemon, docker buildx, or a Docker CLI < 23 with an engine)",
+        "start the infrastructure (make infra) or install BuildKit",
+    )

@@ -1,0 +1,145 @@
+"""Command line: python -m composer {record,build,ref,show}. Exit codes: see errors.py / README."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Dict, List, Optional
+
+from . import __version__
+from .config import BUILDERS, load_settings
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ComposerError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every other bad input
+        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings (flags > COMPOSER_* environment > composer.toml)")
+    g.add_argument("--registry", help="HOST[:PORT][/PREFIX] where images and records live (COMPOSER_REGISTRY)")
+    g.add_argument("--builder", choices=BUILDERS, help="BuildKit front end to use (COMPOSER_BUILDER; default auto)")
+    g.add_argument("--config", help="path to composer.toml (COMPOSER_CONFIG; default ./composer.toml)")
+    g.add_argument("--ca-bundle", help="CA bundle for the index and registries; 'none' to disable (COMPOSER_CA_BUNDLE)")
+    g.add_argument("--insecure-registry", action="append", help="plain-HTTP registry host (loopback always is)")
+    g.add_argument("--dockerfile-syntax", help="add '# syntax=IMAGE' to the Dockerfile (needs the builder to pull it)")
+    g.add_argument("--progress", choices=("auto", "plain", "quiet"), help="build output (COMPOSER_PROGRESS)")
+    p.add_argument("--json", action="store_true", help="print a JSON object on stdout")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="composer", description="Compose container images from an upstream run's environment plus extras.")
+    top.add_argument("--version", action="version", version=f"composer {__version__}")
+    sub = top.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+
+    p = sub.add_parser("record", help="register the image a run ran in (pinned by digest)")
+    p.add_argument("--run", required=True, help="the upstream run's id, e.g. TrainFlow/1234")
+    p.add_argument("--image", required=True, help="REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:... it ran in")
+    p.add_argument("--requirements", help="the run's pinned packages (pip freeze); default: read them from the image")
+    _common(p)
+
+    p = sub.add_parser("build", help="compose an image: upstream environment + extras; prints its digest")
+    p.add_argument("--upstream-run", required=True, help="run whose environment to start from")
+    p.add_argument("--extra", required=True, help="requirements.txt or pyproject.toml with the extra packages")
+    p.add_argument("--name", help="environment name or template, e.g. 'explainer-{model}-{run_id}' (default compose-{upstream_run})")
+    p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="value for a {KEY} in the name template")
+    p.add_argument("--run-id", help="this run's id: fills {run_id} and records the environment for this run")
+    p.add_argument("--update", action="store_true", help="let NAME move to a different composition")
+    _common(p)
+
+    for cmd, text in (("ref", "print REPO@sha256:... for an environment name"), ("show", "print an environment's record")):
+        p = sub.add_parser(cmd, help=text)
+        p.add_argument("name")
+        _common(p)
+    return top
+
+
+def _settings(args: argparse.Namespace):
+    flags = {
+        "registry": args.registry,
+        "builder": args.builder,
+        "ca_bundle": args.ca_bundle,
+        "insecure_registries": args.insecure_registry,
+        "dockerfile_syntax": args.dockerfile_syntax,
+        "progress": args.progress,
+    }
+    return load_settings(flags, config_path=args.config)
+
+
+def _vars(pairs: List[str]) -> Dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--var {pair!r} is not KEY=VALUE", "e.g. --var model=xgb")
+        out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    from . import compose, resolver
+
+    settings = _settings(args)
+    if args.command == "record":
+        rec, digest = resolver.record_run(settings, args.run, args.image, args.requirements)
+        return {"run": rec["run"], "image": f"{rec['image']['repository']}@{rec['image']['digest']}",
+                "record": digest, "python": rec["python"]["version"], "distributions": len(rec["distributions"])}
+    if args.command == "build":
+        result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update)
+        return result.to_json()
+    ref, record, digest = compose.resolve(settings, args.name)
+    if args.command == "ref":
+        return {"ref": ref, "record": digest}
+    return {"ref": ref, "record_digest": digest, "record": record}
+
+
+def _human(command: str, out: dict) -> str:
+    if command == "ref":
+        return out["ref"]
+    if command == "show":
+        return json.dumps(out["record"], indent=2, sort_keys=True)
+    if command == "build":
+        return out["ref"]
+    return f"recorded run {out['run']}: {out['image']} (python {out['python']}, {out['distributions']} distributions)"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv
+    try:
+        args = parser().parse_args(argv)
+        if not args.command:
+            raise UsageError("no command given", "run 'composer --help' for the commands")
+        out = run(args)
+    except ComposerError as exc:
+        return _fail(exc.exit_code, exc.one_line(), as_json)
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted", as_json)
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("COMPOSER_DEBUG"):
+            traceback.print_exc()
+        return _fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}; rerun with COMPOSER_DEBUG=1 and report it", as_json)
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(_human(args.command, out))
+    if args.command == "build" and not args.json:
+        state = "cache hit, nothing built" if out["cached"] else f"built with {out['builder']}"
+        print(f"composer: {out['name']} -> {out['tag']} ({state}; record {out['record'][:19]})", file=sys.stderr)
+    return EXIT_OK
+
+
+def _fail(code: int, line: str, as_json: bool) -> int:
+    line = " ".join(line.split())
+    print(f"composer: error: {line}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": line, "exit_code": code}))
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The main job: compose an image from an upstream run's environment plus extras.
+
+Order of work, chosen so that bad input fails before anything is written and a
+crash never leaves a name pointing at an unrecorded image:
+  1. read the extras, find the upstream run's record, lock, compute the spec hash;
+  2. ask the registry for an image with that spec hash (a verified record is
+     required; any registry error ends the command, it is never a cache hit);
+  3. build and push under the unique tag NAME-<spec hash prefix>;
+  4. push the build record (subject: the image), then the spec tag, then the name tag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import __version__
+from .builders import BuildRequest, detect
+from .canonical import digest_hex
+from .config import Settings
+from .dockerfile import load_template, render_pip
+from .errors import NotFoundError, UsageError, VerificationError
+from .lock import Lock, lock_extras, uv_binary
+from .names import ImageRef, SPEC_TAG_CHARS, check_name, parse_image_ref, render_name
+from .records import (
+    ANNOTATION_CREATED, ANNOTATION_NAME, ANNOTATION_SPEC, BUILD_RECORD_SCHEMA, BUILD_RECORD_TYPE, RUN_RECORD_SCHEMA,
+    find_build_records, push_record, utc_now,
+)
+from .registry import Descriptor, Registry
+from .requirements import read_extras
+from .resolver import load_run, registry_for, store_run_record
+from .spec import SPEC_VERSION, spec_document, spec_hash
+
+ENVS_REPOSITORY = "envs"
+DEFAULT_NAME = "compose-{upstream_run}"
+
+
+@dataclass
+class BuildResult:
+    name: str
+    ref: str  # REPO@sha256:...
+    repository: str
+    digest: str
+    tag: str
+    cached: bool
+    record: str  # digest of the build record (the digest manifest)
+    spec_hash: str
+    builder: Optional[str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def env_repository(settings: Settings) -> str:
+    return settings.repository(ENVS_REPOSITORY)
+
+
+def spec_tag(spec: str) -> str:
+    return f"spec-{digest_hex(spec)}"
+
+
+def unique_tag(name: str, spec: str) -> str:
+    return f"{name}-{digest_hex(spec)[:SPEC_TAG_CHARS]}"
+
+
+def build(
+    settings: Settings,
+    upstream_run: str,
+    extra: str,
+    name: Optional[str] = None,
+    variables: Optional[Dict[str, str]] = None,
+    run_id: Optional[str] = None,
+    update: bool = False,
+) -> BuildResult:
+    settings.require_registry()
+    requirements = read_extras(Path(extra))
+    values = {"upstream_run": upstream_run, **({"run_id": run_id} if run_id else {}), **(variables or {})}
+    name = render_name(name or DEFAULT_NAME, values)
+
+    reg = registry_for(settings)
+    repo = env_repository(settings)
+    upstream, upstream_record_digest = load_run(settings, upstream_run)
+    lock = lock_extras(settings, requirements, upstream, upstream_run)
+
+    base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
+    _, template = load_template("pip")
+    spec = spec_hash(spec_document(
+        base_digest=base.digest, python=upstream["python"], platform=upstream["platform"],
+        packages=lock.packages, template=template,
+    ))
+
+    existing = _cached_image(reg, repo, spec)
+    _check_name_free(reg, repo, name, spec, update)
+    if existing is not None:
+        image, records = existing
+        record = next((r for r in records if r[0].get("name") == name), None)
+        if record is None:
+            record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
+            _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+        _finish_tags(reg, repo, image.digest, name, spec)
+        return _result(settings, name, repo, image.digest, unique_tag(name, spec), True, record[1].digest, spec, None)
+
+    dockerfile, _ = render_pip(
+        base_ref=base.pinned(), base_name=_human_name(upstream["image"]),
+        base_digest=base.digest, python=upstream["python"], spec_hash=spec, syntax=settings.dockerfile_syntax,
+    )
+    builder = detect(settings)
+    tag = unique_tag(name, spec)
+    target = ImageRef(settings.registry_host, repo, tag)
+    with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
+        context, secrets = _prepare_context(Path(tmp), dockerfile, lock, settings)
+        digest = builder.build_and_push(BuildRequest(
+            context=context, target=target, secrets=secrets,
+            plain_http=reg.base.startswith("http:"), progress=settings.progress,
+        ))
+    image = _verify_image(settings, reg, repo, digest, base)
+
+    record = {
+        "schema": BUILD_RECORD_SCHEMA,
+        "name": name,
+        "image": {"repository": f"{settings.registry_host}/{repo}", "tag": tag, "digest": digest},
+        "base": {"repository": base.name, "digest": base.digest},
+        "upstream": {"run": upstream_run, "record": upstream_record_digest},
+        "python": upstream["python"],
+        "platform": upstream["platform"],
+        "lock": {"requirements": lock.requirements, "packages": lock.packages, "added": [p["name"] for p in lock.added]},
+        "spec_hash": spec,
+        "spec_version": SPEC_VERSION,
+        "builder": builder.name,
+        "dockerfile": dockerfile,
+        "composer_version": __version__,
+        "created": utc_now(),
+    }
+    published = _publish_record(reg, repo, record, image)
+    _store_as_upstream(settings, record, upstream, [name] + ([run_id] if run_id else []))
+    _finish_tags(reg, repo, digest, name, spec)
+    return _result(settings, name, repo, digest, tag, False, published[1].digest, spec, builder.name)
+
+
+def _human_name(image: dict) -> str:
+    return image["repository"] + (f":{image['tag']}" if image.get("tag") else "")
+
+
+def _result(settings, name, repo, digest, tag, cached, record, spec, builder) -> BuildResult:
+    full = f"{settings.registry_host}/{repo}"
+    return BuildResult(name, f"{full}@{digest}", full, digest, tag, cached, record, spec, builder)
+
+
+def _cached_image(reg: Registry, repo: str, spec: str) -> Optional[Tuple[Descriptor, list]]:
+    """The image already built for this spec, with its verified records, or None.
+
+    Only a 404 means "not built"; any other registry answer raises. An image
+    without a matching record (a publish that crashed) is not a hit.
+    """
+    desc = reg.head_manifest(repo, spec_tag(spec))
+    if desc is None:
+        return None
+    records = [r for r in find_build_records(reg, repo, desc.digest) if r[0].get("spec_hash") == spec]
+    return (desc, records) if records else None
+
+
+def _check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool) -> None:
+    """A name points at one composition; moving it to another needs --update."""
+    current = reg.head_manifest(repo, name)
+    if current is None or update:
+        return
+    specs = {r[0].get("spec_hash") for r in find_build_records(reg, repo, current.digest) if r[0].get("name") == name}
+    if spec not in specs:
+        raise UsageError(
+            f"name {name!r} already points to a different composition ({current.digest[:19]})",
+            "choose another name, or pass --update to publish a new version under it",
+        )
+
+
+def _record_for_name(record: dict, name: str) -> dict:
+    """A record for an existing image under another name: same content, its own name and tag."""
+    new = json.loads(json.dumps(record))
+    new["name"] = name
+    new["image"]["tag"] = unique_tag(name, record["spec_hash"])
+    new["created"] = utc_now()
+    return new
+
+
+def _publish_record(reg: Registry, repo: str, record: dict, image: Descriptor) -> Tuple[dict, Descriptor]:
+    annotations = {ANNOTATION_NAME: record["name"], ANNOTATION_SPEC: record["spec_hash"], ANNOTATION_CREATED: record["created"]}
+    desc = push_record(reg, repo, record, BUILD_RECORD_TYPE, annotations, subject=image)
+    return record, desc
+
+
+def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str]) -> None:
+    """Write a run record for the composed environment, so it can be another build's upstream."""
+    dists = {d["name"]: d for d in upstream["distributions"]}
+    dists.update({p["name"]: {"name": p["name"], "version": p["version"]} for p in record["lock"]["packages"]})
+    for key in keys:
+        store_run_record(settings, {
+            "schema": RUN_RECORD_SCHEMA,
+            "run": key,
+            "image": dict(record["image"]),
+            "python": dict(upstream["python"]),
+            "platform": dict(upstream["platform"]),
+            "distributions": sorted(dists.values(), key=lambda d: d["name"]),
+            "distributions_source": "composed",
+            "composed": {"name": record["name"], "spec_hash": record["spec_hash"]},
+            "composer_version": __version__,
+            "created": record["created"],
+        })
+
+
+def _finish_tags(reg: Registry, repo: str, digest: str, name: str, spec: str) -> None:
+    # The spec tag makes the next identical build a cache hit; the name tag comes last,
+    # so a name never points at an image whose record is not yet in the registry.
+    reg.tag(repo, digest, unique_tag(name, spec))
+    reg.tag(repo, digest, spec_tag(spec))
+    reg.tag(repo, digest, name)
+
+
+def _prepare_context(tmp: Path, dockerfile: str, lock: Lock, settings: Settings) -> Tuple[Path, Dict[str, str]]:
+    context = tmp / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
+    (context / "composer-extras.lock").write_text(lock.added_lock_text(), encoding="utf-8")
+    uv = uv_binary()
+    try:
+        os.link(uv, context / "uv")
+    except OSError:
+        shutil.copy2(uv, context / "uv")
+    # Secrets live outside the context, so no COPY could ever pick them up.
+    secrets: Dict[str, str] = {}
+    ca = settings.ca_bundle_path()
+    if ca:
+        secrets["ca"] = ca
+    if settings.index_url:
+        path = tmp / "index_url"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(settings.index_url)
+        secrets["index_url"] = str(path)
+    return context, secrets
+
+
+def _verify_image(settings: Settings, reg: Registry, repo: str, digest: str, base: ImageRef) -> Descriptor:
+    """The pushed image is in the registry under digest and starts with the base's layers."""
+    got = reg.get_manifest(repo, digest)
+    if got is None:
+        raise VerificationError(f"the builder reported {digest} but the registry does not have it", "rerun the build")
+    body, desc = got
+    base_reg = reg if base.registry == reg.host else registry_for(settings, base.registry)
+    base_got = base_reg.get_manifest(base.repository, base.digest)
+    if base_got is None:
+        raise NotFoundError(f"the upstream image {base.pinned()} is gone from its registry", "re-record the upstream run")
+    base_layers = [l["digest"] for l in json.loads(base_got[0]).get("layers", [])]
+    layers = [l["digest"] for l in json.loads(body).get("layers", [])]
+    if layers[: len(base_layers)] != base_layers:
+        raise VerificationError(f"the composed image {digest} does not start with the upstream's layers", "report this; do not use the image")
+    return desc
+
+
+def resolve(settings: Settings, name: str) -> Tuple[str, dict, str]:
+    """NAME -> (REPO@sha256:..., its verified build record, the record's digest)."""
+    check_name(name)
+    reg = registry_for(settings)
+    repo = env_repository(settings)
+    desc = reg.head_manifest(repo, name)
+    if desc is None:
+        raise NotFoundError(f"no environment named {name!r} in {settings.registry}", "build it first: python -m composer build ... --name " + name)
+    records = [r for r in find_build_records(reg, repo, desc.digest) if r[0].get("name") == name]
+    if not records:
+        raise VerificationError(f"{name!r} points to {desc.digest} but no composer record describes it", "rebuild it with composer build --update")
+    record, rdesc = max(records, key=lambda r: r[0].get("created", ""))
+    return f"{settings.registry_host}/{repo}@{desc.digest}", record, rdesc.digest

@@ -1,0 +1,150 @@
+"""Settings: command-line flags, then COMPOSER_* environment variables, then composer.toml.
+
+composer.toml holds plain keys at the top level, e.g.
+
+    registry = "registry.example.com/ml"
+    builder = "auto"
+    insecure_registries = ["registry.lab:5000"]
+
+Credentials never belong here: registry logins come from the Docker config,
+index credentials from COMPOSER_INDEX_URL (see README, "Secrets").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import tomli
+
+from .errors import UsageError
+from .names import HOST_RE, REPOSITORY_RE
+
+BUILDERS = ("auto", "buildctl", "buildx", "docker")
+DEFAULT_CA_PATHS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
+
+@dataclass
+class Settings:
+    registry: Optional[str] = None  # HOST[:PORT][/PREFIX]
+    builder: str = "auto"
+    ca_bundle: Optional[str] = None  # path; "none" disables
+    index_url: Optional[str] = None  # may carry credentials: only ever passed as a secret
+    extra_index_url: Optional[str] = None
+    insecure_registries: list = field(default_factory=list)
+    dockerfile_syntax: Optional[str] = None  # e.g. "docker/dockerfile:1.7"; off by default (air-gapped builders)
+    buildkit_host: Optional[str] = None
+    progress: str = "auto"  # auto | plain | quiet
+
+    # -- derived locations -------------------------------------------------
+    @property
+    def registry_host(self) -> str:
+        return self.require_registry().split("/", 1)[0]
+
+    @property
+    def registry_prefix(self) -> str:
+        parts = self.require_registry().split("/", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+    def repository(self, leaf: str) -> str:
+        prefix = self.registry_prefix
+        return f"{prefix}/{leaf}" if prefix else leaf
+
+    def require_registry(self) -> str:
+        if not self.registry:
+            raise UsageError(
+                "no registry is configured",
+                "pass --registry HOST[:PORT]/PREFIX, set COMPOSER_REGISTRY, or put registry = \"...\" in composer.toml",
+            )
+        return self.registry
+
+    def ca_bundle_path(self) -> Optional[str]:
+        """The CA bundle handed to uv and to build steps (as a secret mount), if any."""
+        if self.ca_bundle == "none":
+            return None
+        if self.ca_bundle:
+            return self.ca_bundle
+        env = os.environ.get("SSL_CERT_FILE")
+        if env and Path(env).is_file():
+            return env
+        for candidate in DEFAULT_CA_PATHS:
+            if Path(candidate).is_file():
+                return candidate
+        return None
+
+
+_ENV = {
+    "registry": "COMPOSER_REGISTRY",
+    "builder": "COMPOSER_BUILDER",
+    "ca_bundle": "COMPOSER_CA_BUNDLE",
+    "index_url": "COMPOSER_INDEX_URL",
+    "extra_index_url": "COMPOSER_EXTRA_INDEX_URL",
+    "insecure_registries": "COMPOSER_INSECURE_REGISTRIES",
+    "dockerfile_syntax": "COMPOSER_DOCKERFILE_SYNTAX",
+    "buildkit_host": "BUILDKIT_HOST",
+    "progress": "COMPOSER_PROGRESS",
+}
+
+
+def _config_file(explicit: Optional[str], env: Mapping[str, str]) -> Optional[Path]:
+    path = explicit or env.get("COMPOSER_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file {path} does not exist", "fix --config / COMPOSER_CONFIG or create the file")
+        return p
+    p = Path("composer.toml")
+    return p if p.is_file() else None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        data = tomli.loads(path.read_text(encoding="utf-8"))
+    except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere")
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{path}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")
+    return data
+
+
+def load_settings(
+    flags: Optional[Mapping[str, Any]] = None,
+    env: Optional[Mapping[str, str]] = None,
+    config_path: Optional[str] = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    merged: dict = {}
+    path = _config_file(config_path, env)
+    if path:
+        merged.update(_read_toml(path))
+    for key, var in _ENV.items():
+        if env.get(var):
+            merged[key] = env[var]
+    for key, value in (flags or {}).items():
+        if value is not None:
+            merged[key] = value
+    if isinstance(merged.get("insecure_registries"), str):
+        merged["insecure_registries"] = [h.strip() for h in merged["insecure_registries"].split(",") if h.strip()]
+    settings = Settings(**merged)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    if s.builder not in BUILDERS:
+        raise UsageError(f"unknown builder {s.builder!r}", f"choose one of {', '.join(BUILDERS)}")
+    if s.progress not in ("auto", "plain", "quiet"):
+        raise UsageError(f"unknown progress mode {s.progress!r}", "choose auto, plain or quiet")
+    if s.registry:
+        host, _, prefix = s.registry.partition("/")
+        if not HOST_RE.match(host) or (prefix and not REPOSITORY_RE.match(prefix)):
+            raise UsageError(
+                f"registry {s.registry!r} is not HOST[:PORT][/PREFIX]",
+                "e.g. --registry 127.0.0.1:5000/ml (lowercase prefix)",
+            )
+    if s.ca_bundle and s.ca_bundle != "none" and not Path(s.ca_bundle).is_file():
+        raise UsageError(f"CA bundle {s.ca_bundle} does not exist", "fix COMPOSER_CA_BUNDLE / ca_bundle, or set it to 'none'")

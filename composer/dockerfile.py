@@ -1,0 +1,73 @@
+"""Rendering Dockerfiles from the templates in dockerfiles/ (one per kind of environment)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from . import __version__
+from .errors import UsageError
+
+TEMPLATE_HEADER = re.compile(r"^(?:\$\{syntax_line\})?# composer-template: (\S+)$", re.M)
+
+
+def templates_dir() -> Path:
+    # A source checkout has dockerfiles/ beside the package; a wheel ships it as composer/dockerfiles.
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "dockerfiles", here / "dockerfiles"):
+        if candidate.is_dir():
+            return candidate
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("composer.dockerfiles")))
+
+
+def load_template(kind: str) -> "tuple[str, str]":
+    """(template text, template id such as 'pip/1'); the id enters the spec hash."""
+    path = templates_dir() / f"{kind}.Dockerfile"
+    text = path.read_text(encoding="utf-8")
+    m = TEMPLATE_HEADER.search(text)
+    if not m:
+        raise RuntimeError(f"{path} has no '# composer-template: KIND/VERSION' header")
+    return text, m.group(1)
+
+
+def _quote_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def render_pip(*, base_ref: str, base_name: str, base_digest: str, python: dict, spec_hash: str, syntax: str | None) -> "tuple[str, str]":
+    """The Dockerfile that layers the locked extras on the upstream image, and its template id."""
+    if "@sha256:" not in base_ref:
+        raise ValueError("the base must be pinned by digest")  # never a tag: the build must be reproducible
+    text, template = load_template("pip")
+    if syntax and not re.match(r"^[A-Za-z0-9._/:@-]+$", syntax):
+        raise UsageError(f"dockerfile syntax {syntax!r} is not an image reference", "e.g. docker/dockerfile:1.7")
+    flags = "--break-system-packages" if python.get("externally_managed") else ""
+    values = {
+        "syntax_line": f"# syntax={syntax}\n" if syntax else "",
+        "base_ref": base_ref,
+        "base_name": _quote_label(base_name),
+        "base_digest": base_digest,
+        "python": shlex.quote(python["executable"]),
+        "install_flags": flags,
+        "spec_hash": spec_hash,
+        "template": template,
+        "composer_version": __version__,
+    }
+    return fill(text, values), template
+
+
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+
+
+def fill(text: str, values: dict) -> str:
+    """Replace ${lower_case} placeholders; shell syntax ($VAR, $(...), ${UPPER}) passes through."""
+
+    def one(m: "re.Match[str]") -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"template placeholder ${{{m.group(1)}}} has no value")
+        return values[m.group(1)]
+
+    return _PLACEHOLDER.sub(one, text)

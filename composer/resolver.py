@@ -1,0 +1,204 @@
+"""Finding an upstream run's environment.
+
+`record_run` registers the image a run ran in: it pins the image to a digest,
+reads its platform from the registry, looks inside it for python and its
+installed distributions, and stores a run record in the registry.
+`load_run` finds that record again from any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import platform as host_platform
+import re
+from pathlib import Path
+from typing import Optional, Tuple
+
+from . import __version__
+from .config import Settings
+from .errors import EnvironmentProblem, NotFoundError, UsageError, VerificationError
+from .names import ImageRef, parse_image_ref, run_tag
+from .records import ANNOTATION_CREATED, ANNOTATION_RUN, RUN_RECORD_SCHEMA, RUN_RECORD_TYPE, push_record, read_record, utc_now
+from .registry import DOCKER_LIST, OCI_INDEX, Registry
+from .requirements import canonical_name, parse_pinned
+
+RUNS_REPOSITORY = "runs"
+
+# Runs inside the image with its own shell and PATH: finds python the way the
+# image's users would, then reports what a lock needs to know about it.
+_FIND_PYTHON = (
+    'for p in "$COMPOSER_PYTHON" python3 python; do '
+    '[ -n "$p" ] && command -v "$p" >/dev/null 2>&1 && exec "$p" -c "$0"; done; '
+    'echo "composer-probe: no python interpreter on PATH" >&2; exit 97'
+)
+_PROBE = r"""
+import json, os, platform, sys, sysconfig
+try:
+    from importlib import metadata
+    seen = {}
+    for d in metadata.distributions():
+        name = d.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = {"name": name, "version": d.version}
+    dists = list(seen.values())
+except Exception:
+    dists = []
+libc, libc_version = platform.libc_ver()
+stdlib = sysconfig.get_path("stdlib") or ""
+kind = "system"
+if os.path.isdir(os.path.join(sys.prefix, "conda-meta")):
+    kind = "conda"
+elif sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+    kind = "venv"
+print(json.dumps({
+    "executable": sys.executable,
+    "version": platform.python_version(),
+    "implementation": sys.implementation.name,
+    "prefix": sys.prefix,
+    "kind": kind,
+    "site_packages": sysconfig.get_path("purelib"),
+    "externally_managed": kind == "system" and os.path.exists(os.path.join(stdlib, "EXTERNALLY-MANAGED")),
+    "machine": platform.machine(),
+    "libc": libc, "libc_version": libc_version,
+    "distributions": dists,
+}))
+"""
+
+_ARCH_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def registry_for(settings: Settings, host: Optional[str] = None) -> Registry:
+    return Registry(host or settings.registry_host, insecure_hosts=settings.insecure_registries, ca_bundle=_registry_ca(settings))
+
+
+def _registry_ca(settings: Settings) -> Optional[str]:
+    return settings.ca_bundle if settings.ca_bundle and settings.ca_bundle != "none" else None
+
+
+def pin_image(settings: Settings, text: str) -> Tuple[ImageRef, dict]:
+    """Resolve an image reference to a single-platform manifest digest and its config."""
+    ref = parse_image_ref(text)
+    reg = registry_for(settings, ref.registry)
+    got = reg.get_manifest(ref.repository, ref.reference)
+    if got is None:
+        raise NotFoundError(f"image {text} is not in registry {ref.registry}", "push it first or fix the reference")
+    body, desc = got
+    manifest = json.loads(body)
+    if desc.media_type in (OCI_INDEX, DOCKER_LIST):
+        want = {v: k for k, v in _ARCH_TO_MACHINE.items()}.get(host_platform.machine(), host_platform.machine())
+        match = [m for m in manifest.get("manifests", []) if (m.get("platform") or {}).get("os") == "linux"
+                 and (m.get("platform") or {}).get("architecture") == want]
+        if not match:
+            raise UsageError(f"image {text} has no linux/{want} manifest", "pass a single-platform image digest")
+        return pin_image(settings, f"{ref.name}@{match[0]['digest']}")
+    if "config" not in manifest:
+        raise UsageError(f"{text} is not a container image manifest", "pass an image reference, not an artifact")
+    config = json.loads(reg.get_blob(ref.repository, manifest["config"]["digest"]))
+    return ref.with_digest(desc.digest), config
+
+
+def probe_image(image: ImageRef, config: dict) -> dict:
+    """Run a tiny python probe inside the image (Docker engine) and return what it reports."""
+    try:
+        import docker
+        import docker.errors
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise EnvironmentProblem(f"the docker SDK is not importable ({exc})", "pip install docker")
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise EnvironmentProblem(
+            f"no Docker engine to look inside {image} ({type(exc).__name__})",
+            "start Docker (make infra) or pass --requirements with the run's pinned packages",
+        )
+    pinned = image.pinned()
+    try:
+        try:
+            client.images.get(pinned)
+        except docker.errors.ImageNotFound:
+            client.images.pull(image.name, tag=image.digest)
+        out = client.containers.run(
+            pinned, entrypoint=["/bin/sh"], command=["-c", _FIND_PYTHON, _PROBE],
+            remove=True, network_disabled=True, stdout=True, stderr=False,
+        )
+    except docker.errors.ContainerError as exc:
+        if exc.exit_status in (97, 126, 127):
+            raise UsageError(f"image {pinned} has no python interpreter", "compose on an image that has python3 on its PATH")
+        raise UsageError(f"looking inside {pinned} failed (exit {exc.exit_status})", "check that the image runs /bin/sh and python")
+    except docker.errors.APIError as exc:
+        raise EnvironmentProblem(f"Docker could not run {pinned}: {exc.explanation or exc}", "check the Docker engine and registry access")
+    try:
+        return json.loads(out.decode("utf-8").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise UsageError(f"the python probe in {pinned} printed no report", "check the image's python")
+
+
+def python_platform(arch: str, probe: dict) -> str:
+    """uv's --python-platform for the image: e.g. x86_64-manylinux_2_36."""
+    machine = _ARCH_TO_MACHINE.get(arch, probe.get("machine") or arch)
+    if probe.get("libc") == "glibc" and re.match(r"^\d+\.\d+", probe.get("libc_version") or ""):
+        major, minor = probe["libc_version"].split(".")[:2]
+        return f"{machine}-manylinux_{major}_{minor}"
+    return f"{machine}-unknown-linux-musl" if probe.get("libc") in ("", None) else f"{machine}-unknown-linux-gnu"
+
+
+def build_run_record(run_id: str, image: ImageRef, config: dict, probe: dict, distributions: list, source: str) -> dict:
+    arch = config.get("architecture") or ""
+    return {
+        "schema": RUN_RECORD_SCHEMA,
+        "run": run_id,
+        "image": {"repository": image.name, "digest": image.digest, "tag": image.tag},
+        "python": {k: probe[k] for k in ("executable", "version", "implementation", "prefix", "kind", "site_packages", "externally_managed")},
+        "platform": {
+            "os": config.get("os") or "linux",
+            "architecture": arch,
+            "variant": config.get("variant"),
+            "libc": probe.get("libc") or None,
+            "libc_version": probe.get("libc_version") or None,
+            "python_platform": python_platform(arch, probe),
+        },
+        "distributions": sorted(({"name": canonical_name(d["name"]), "version": d["version"]} for d in distributions), key=lambda d: d["name"]),
+        "distributions_source": source,
+        "composer_version": __version__,
+        "created": utc_now(),
+    }
+
+
+def store_run_record(settings: Settings, record: dict) -> str:
+    reg = registry_for(settings)
+    repo = settings.repository(RUNS_REPOSITORY)
+    desc = push_record(
+        reg, repo, record, RUN_RECORD_TYPE,
+        {ANNOTATION_RUN: record["run"], ANNOTATION_CREATED: record["created"]},
+        tag=run_tag(record["run"]),
+    )
+    return desc.digest
+
+
+def record_run(settings: Settings, run_id: str, image_text: str, requirements: Optional[str] = None) -> Tuple[dict, str]:
+    if not run_id.strip():
+        raise UsageError("the run id is empty", "pass --run RUN_ID")
+    settings.require_registry()
+    pinned_reqs = parse_pinned(Path(requirements)) if requirements else None
+    image, config = pin_image(settings, image_text)
+    probe = probe_image(image, config)
+    dists = pinned_reqs if pinned_reqs is not None else probe["distributions"]
+    record = build_run_record(run_id, image, config, probe, dists, "requirements" if pinned_reqs is not None else "image")
+    return record, store_run_record(settings, record)
+
+
+def load_run(settings: Settings, run_id: str) -> Tuple[dict, str]:
+    """The run record for run_id and its manifest digest; a clear error when there is none."""
+    reg = registry_for(settings)
+    repo = settings.repository(RUNS_REPOSITORY)
+    got = read_record(reg, repo, run_tag(run_id), RUN_RECORD_TYPE)
+    if got is None:
+        raise NotFoundError(
+            f"no environment is recorded for run {run_id!r} in {settings.registry}",
+            f"record one with: python -m composer record --run {run_id} --image REGISTRY/REPO:TAG",
+        )
+    record, desc, _ = got
+    if record.get("schema") != RUN_RECORD_SCHEMA or record.get("run") != run_id:
+        raise VerificationError(f"the record stored for run {run_id!r} is for {record.get('run')!r}", "re-record the run")
+    return record, desc.digest

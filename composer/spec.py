@@ -1,0 +1,43 @@
+"""The spec hash: what makes two compositions the same.
+
+It covers canonical bytes of exactly the inputs that decide the image's
+content: the base image digest, the full lock (names, versions, artifact
+hashes), the platform and python, and the Dockerfile template's version.
+Nothing incidental (paths, times, the environment's name, dict order) enters.
+
+Bump SPEC_VERSION whenever the document's shape or meaning changes: the
+golden values in tests/test_spec_golden.py then change on purpose.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from .canonical import canonical_json, sha256_digest
+
+SPEC_VERSION = "composer.spec/v1"
+
+
+def spec_document(
+    *,
+    base_digest: str,
+    python: Mapping[str, str],
+    platform: Mapping[str, str],
+    packages: Iterable[Mapping],
+    template: str,
+) -> dict:
+    return {
+        "spec": SPEC_VERSION,
+        "base": base_digest,
+        "python": {"executable": python["executable"], "version": python["version"]},
+        "platform": {k: platform.get(k) or "" for k in ("os", "architecture", "variant", "python_platform")},
+        "lock": sorted(
+            ({"name": p["name"], "version": p["version"], "hashes": sorted(p.get("hashes") or [])} for p in packages),
+            key=lambda p: p["name"],
+        ),
+        "template": template,
+    }
+
+
+def spec_hash(document: dict) -> str:
+    return sha256_digest(canonical_json(document))
