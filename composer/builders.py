@@ -92,7 +92,7 @@ def failing_step(lines: List[str]) -> "tuple[str, List[str]]":
     for line in lines:
         m = _STEP.match(line)
         steps.setdefault(m.group(1) if m else "", []).append(line)
-    failed = next((n for n, ls in steps.items() if n and any(" ERROR" in l for l in ls)), None)
+    failed = next((n for n, ls in steps.items() if n and any(re.match(r"^#\d+ ERROR\b", l) for l in ls)), None)
     if failed is None:
         return "an unknown step", lines[-60:]
     log = steps[failed]

@@ -91,7 +91,7 @@ def build(
     _, template = load_template("pip")
     spec = spec_hash(spec_document(
         base_digest=base.digest, python=upstream["python"], platform=upstream["platform"],
-        packages=lock.packages, template=template,
+        packages=lock.packages, template=template, frontend=settings.dockerfile_syntax,
     ))
 
     existing = _cached_image(reg, repo, spec)

@@ -108,7 +108,18 @@ def _read_toml(path: Path) -> dict:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")
+    for key, value in data.items():
+        if key == "insecure_registries":
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            want = "a list of strings"
+        else:
+            ok, want = isinstance(value, str), "a string"
+        if not ok:
+            raise UsageError(f"{path}: {key} must be {want}, not {type(value).__name__}", f'e.g. {key} = {_EXAMPLE.get(key, chr(34) + "..." + chr(34))}')
     return data
+
+
+_EXAMPLE = {"insecure_registries": '["registry.lab:5000"]', "registry": '"registry.example.com/ml"'}
 
 
 def load_settings(

@@ -117,7 +117,9 @@ def _explain_failure(stderr: str, requirements: List[str], pins: Dict[str, str],
         return UsageError(f"extra requirement {what!r} was not found on the package index ({cause})", "fix the name or set COMPOSER_INDEX_URL")
     if "No solution found" in stderr:
         extra = next((r for r in requirements if canonical_name(re.split(r"[\[<>=!~; ]", r, 1)[0]) in words), None)
-        clashing = [f"{n}=={v}" for n, v in sorted(pins.items()) if n in words]
+        # Prefer a pin quoted exactly (uv says "you require attrs==23.1.0") over one merely mentioned.
+        quoted = [f"{n}=={v}" for n, v in sorted(pins.items()) if f"{n}=={v}" in cause.lower()]
+        clashing = quoted or [f"{n}=={v}" for n, v in sorted(pins.items()) if n in words]
         if extra and clashing:
             return LockConflictError(
                 f"extra requirement {extra!r} conflicts with upstream pin {clashing[0]} of run {run_id} ({cause})",

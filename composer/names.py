@@ -11,12 +11,17 @@ from typing import Mapping, Optional
 from .errors import UsageError
 
 # OCI distribution spec: tags and repository path components.
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
-# The registry host part: a domain or IP with an optional port.
-HOST_RE = re.compile(r"^(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?$")
+REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*\Z")
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}\Z")
+# The registry host part: a domain or IP with an optional port, or a single-label
+# host with a port (a compose or Kubernetes service such as registry:5000).
+HOST_RE = re.compile(
+    r"^(?:(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)\Z"
+)
+# NAME-<12 hex> is the form of composer's unique tags; a name of that form could collide with one.
+_UNIQUE_TAG_FORM = re.compile(r"-[0-9a-f]{12}\Z")
 
 # The unique tag is NAME-<spec hash prefix>; keep room for it inside 128 characters.
 SPEC_TAG_CHARS = 12
@@ -100,6 +105,8 @@ def check_name(name: str) -> str:
         )
     if name.startswith(("spec-", "sha256-", "run-")):
         raise UsageError(f"name {name!r} uses a prefix composer reserves", "pick a name not starting with spec-, sha256- or run-")
+    if _UNIQUE_TAG_FORM.search(name):
+        raise UsageError(f"name {name!r} ends like one of composer's unique tags (-<12 hex digits>)", "change or drop that suffix")
     return name
 
 

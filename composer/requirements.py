@@ -61,6 +61,7 @@ def _parse_requirement(text: str, where: str) -> Requirement:
         raise UsageError(f"{where}: {text[:80]!r} is not a valid requirement ({first})", "write it as name[extras] [version spec], e.g. pandas>=2.2")
     if req.url:
         raise UsageError(f"{where}: {req.name} is a direct URL requirement", "publish it to a package index and require it by version")
+    req.name = canonical_name(req.name)
     return req
 
 

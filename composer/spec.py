@@ -6,12 +6,12 @@ hashes), the platform and python, and the Dockerfile template's version.
 Nothing incidental (paths, times, the environment's name, dict order) enters.
 
 Bump SPEC_VERSION whenever the document's shape or meaning changes: the
-golden values in tests/test_spec_golden.py then change on purpose.
+golden values in tests/unit/test_spec_golden.py then change on purpose.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Optional
 
 from .canonical import canonical_json, sha256_digest
 
@@ -25,8 +25,9 @@ def spec_document(
     platform: Mapping[str, str],
     packages: Iterable[Mapping],
     template: str,
+    frontend: Optional[str] = None,
 ) -> dict:
-    return {
+    doc = {
         "spec": SPEC_VERSION,
         "base": base_digest,
         "python": {"executable": python["executable"], "version": python["version"]},
@@ -37,6 +38,9 @@ def spec_document(
         ),
         "template": template,
     }
+    if frontend:  # a non-default Dockerfile frontend may build differently; absent keeps v1 hashes stable
+        doc["frontend"] = frontend
+    return doc
 
 
 def spec_hash(document: dict) -> str:

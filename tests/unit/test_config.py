@@ -122,12 +122,10 @@ def test_bad_registries(registry):
     assert "HOST[:PORT][/PREFIX]" in error(flags={"registry": registry}, env={}).message
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: a non-string TOML value (registry = 5000) crashes with AttributeError")
 def test_non_string_registry_in_toml_is_a_usage_error(tmp_path):
     error(flags={}, env={}, config_path=toml(tmp_path, "registry = 5000\n"))
 
 
-@pytest.mark.xfail(strict=True, reason="config.py: insecure_registries = 5 in TOML is accepted unvalidated")
 def test_non_list_insecure_registries_in_toml_is_a_usage_error(tmp_path):
     error(flags={}, env={}, config_path=toml(tmp_path, "insecure_registries = 5\n"))
 

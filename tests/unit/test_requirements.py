@@ -70,7 +70,6 @@ def test_hash_inside_a_word_is_not_a_comment(tmp_path):
         read_extras(p)
 
 
-@pytest.mark.xfail(strict=True, reason="read_extras keeps the spelling of names, so Foo_Bar and foo-bar are not deduplicated")
 def test_requirement_names_are_normalised(tmp_path):
     p = write(tmp_path, "extras.txt", "Foo_Bar>=1\nfoo-bar>=1\n")
     assert read_extras(p) == ["foo-bar>=1"]
