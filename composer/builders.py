@@ -79,8 +79,8 @@ def run_build(cmd: List[str], req: BuildRequest, env: Optional[dict] = None) -> 
         step, log = failing_step(lines)
         if req.progress != "plain":
             sys.stderr.write("\n".join(log[-60:]) + "\n")
-        last = next((l for l in reversed(log) if l.strip()), "no output")
-        raise BuildError(f"the image build failed at {step}: {_strip_step(last)[:300]}", "fix the failing step and rerun")
+        raise BuildError(f"the image build failed at {_short(step, 70)}: {_short(failure_reason(log), 200)}",
+                         "fix the failing step (its log is above) and rerun")
 
 
 _STEP = re.compile(r"^#(\d+) ")
@@ -99,6 +99,21 @@ def failing_step(lines: List[str]) -> "tuple[str, List[str]]":
     title = next((_strip_step(l) for l in log if re.match(r"^#\d+ \[", l)), f"step #{failed}")
     tail = [l for l in lines if not _STEP.match(l) and l.strip()]
     return title, log + tail[-10:]
+
+
+def failure_reason(log: List[str]) -> str:
+    """The step's last line of its own output (timestamped), else BuildKit's ERROR line."""
+    output = [_strip_step(l) for l in log if re.match(r"^#\d+ \d+\.\d+ ", l)]
+    if output:
+        # From the last line that announces an error to the end: uv and pip put the cause below it.
+        start = max((i for i, l in enumerate(output) if re.match(r"^(error|ERROR|\w*Error)\b", l)), default=len(output) - 1)
+        return " ".join(output[start:])
+    return next((_strip_step(l) for l in reversed(log) if l.strip()), "no output")
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _strip_step(line: str) -> str:

@@ -23,7 +23,7 @@ def _in_image(ref: str, code: str) -> str:
     return proc.stdout.strip()
 
 
-def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, extras, model_a):
+def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, extras, model_a, tmp_path):
     out = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "explainer-a", env=env)
     repo = _repo(prefix, "envs")
     assert out["cached"] is False
@@ -73,6 +73,14 @@ def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, 
     # The referrers tag schema lists it (distribution 2.8 has no referrers API).
     index = get_manifest(repo, "sha256-" + out["digest"].split(":")[1])
     assert out["record"] in [m["digest"] for m in index["manifests"]]
+
+    # It is a plain OCI artifact: oras pulls the record as record.json.
+    import oras.client
+
+    pulled = oras.client.OrasClient(hostname=REGISTRY, insecure=True).pull(
+        target=f"{prefix}/envs@{out['record']}", outdir=str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in pulled] == ["record.json"]
+    assert json.loads(open(pulled[0]).read()) == record
 
     # The image carries its spec hash, so a step can check it runs in the recorded environment.
     assert _in_image(out["ref"], "import os; print(os.environ['COMPOSER_SPEC_HASH'])") == out["spec_hash"]

@@ -84,6 +84,7 @@ def test_record_unknown_image_and_image_without_python(env, prefix, infra, tmp_p
     subprocess.run(["/usr/bin/docker", "build", "-q", "-t", ref, str(tmp_path)], check=True, capture_output=True,
                    env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
     subprocess.run(["docker", "push", ref], check=True, capture_output=True)
+    subprocess.run(["docker", "rmi", ref], check=True, capture_output=True)  # record must pull it by digest
     proc = run_cli("record", "--run", "R2", "--image", ref, env=env)
     assert proc.returncode == 2
     assert "no python" in one_error_line(proc)
@@ -134,3 +135,28 @@ def test_registry_answering_500_is_never_a_cache_hit(env, prefix, upstream_run, 
         assert registry_tags(_envs_repo(prefix)) == tags  # no build, no new name
     finally:
         server.shutdown()
+
+
+def test_failing_build_step_shows_its_log_and_leaves_no_tag(env, prefix, infra, tmp_path, extras):
+    # An upstream whose venv cannot take new packages: site-packages is a file, not a directory.
+    ref = f"{REGISTRY}/models/broken-venv:1"
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {BASE_REF}\n"
+        "RUN python3 -m venv --without-pip /opt/venv && rm -rf /opt/venv/lib/python3.11/site-packages"
+        " && touch /opt/venv/lib/python3.11/site-packages\n"
+        "ENV PATH=/opt/venv/bin:/usr/bin:/bin\n"
+    )
+    import subprocess
+
+    subprocess.run(["/usr/bin/docker", "build", "-q", "-t", ref, str(tmp_path)], check=True, capture_output=True,
+                   env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
+    subprocess.run(["docker", "push", ref], check=True, capture_output=True)
+    rec = run_cli("record", "--run", "Broken/1", "--image", ref, env=env)
+    assert rec.returncode == 0, rec.stderr
+
+    proc = run_cli("build", "--upstream-run", "Broken/1", "--extra", str(extras), env=env)
+    assert proc.returncode == 6, proc.stderr
+    line = one_error_line(proc)
+    assert "build failed at" in line and "RUN" in line
+    assert "uv pip install" in proc.stderr  # the failing step's own log is shown above the error
+    _assert_nothing_written(prefix)
