@@ -25,6 +25,7 @@ from .canonical import digest_hex
 from .config import Settings
 from .dockerfile import load_template, render_pip
 from .errors import NotFoundError, UsageError, VerificationError
+from .lease import build_once
 from .lock import Lock, lock_extras, uv_binary
 from .names import ImageRef, SPEC_TAG_CHARS, check_name, parse_image_ref, render_name
 from .records import (
@@ -94,17 +95,33 @@ def build(
         packages=lock.packages, template=template, frontend=settings.dockerfile_syntax,
     ))
 
-    existing = _cached_image(reg, repo, spec)
     _check_name_free(reg, repo, name, spec, update)
-    if existing is not None:
-        image, records = existing
-        record = next((r for r in records if r[0].get("name") == name), None)
-        if record is None:
-            record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
-            _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
-        _finish_tags(reg, repo, image.digest, name, spec)
-        return _result(settings, name, repo, image.digest, unique_tag(name, spec), True, record[1].digest, spec, None)
+    find = lambda: _cached_image(reg, repo, spec)  # noqa: E731
+    built_with: List[str] = []
 
+    def build_it() -> Tuple[Descriptor, list]:
+        build_ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest}
+        image, record = _build_and_record(settings, reg, repo, name, spec, base, upstream, lock, build_ctx, built_with)
+        _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+        return image, [record]
+
+    found = find()
+    built = False
+    if found is None:
+        found, built = build_once(reg, repo, spec, find, build_it)
+    image, records = found
+    record = next((r for r in records if r[0].get("name") == name), None)
+    if record is None:  # the same composition, recorded under another name so far
+        record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
+        _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+    _finish_tags(reg, repo, image.digest, name, spec)
+    return _result(settings, name, repo, image.digest, unique_tag(name, spec), not built, record[1].digest, spec,
+                   built_with[0] if built else None)
+
+
+def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, spec: str, base: ImageRef,
+                      upstream: dict, lock: Lock, ctx: dict, built_with: List[str]) -> Tuple[Descriptor, Tuple[dict, Descriptor]]:
+    """Build and push the image, then its record, then the spec tag (the cache entry)."""
     dockerfile, _ = render_pip(
         base_ref=base.pinned(), base_name=_human_name(upstream["image"]),
         base_digest=base.digest, python=upstream["python"], spec_hash=spec, syntax=settings.dockerfile_syntax,
@@ -118,14 +135,15 @@ def build(
             context=context, target=target, secrets=secrets,
             plain_http=reg.base.startswith("http:"), progress=settings.progress,
         ))
+    built_with.append(builder.name)
     image = _verify_image(settings, reg, repo, digest, base)
-
+    checkpoint("after-image-push")
     record = {
         "schema": BUILD_RECORD_SCHEMA,
         "name": name,
         "image": {"repository": f"{settings.registry_host}/{repo}", "tag": tag, "digest": digest},
         "base": {"repository": base.name, "digest": base.digest},
-        "upstream": {"run": upstream_run, "record": upstream_record_digest},
+        "upstream": {"run": ctx["upstream_run"], "record": ctx["upstream_record"]},
         "python": upstream["python"],
         "platform": upstream["platform"],
         "lock": {"requirements": lock.requirements, "packages": lock.packages, "added": [p["name"] for p in lock.added]},
@@ -137,9 +155,17 @@ def build(
         "created": utc_now(),
     }
     published = _publish_record(reg, repo, record, image)
-    _store_as_upstream(settings, record, upstream, [name] + ([run_id] if run_id else []))
-    _finish_tags(reg, repo, digest, name, spec)
-    return _result(settings, name, repo, digest, tag, False, published[1].digest, spec, builder.name)
+    checkpoint("after-record")
+    reg.tag(repo, digest, spec_tag(spec))
+    checkpoint("after-spec-tag")
+    return image, published
+
+
+def checkpoint(stage: str) -> None:
+    """Fault-injection point for the crash tests (COMPOSER_TEST_CRASH_AT=stage): the process dies
+    there as a killed build would, with no cleanup."""
+    if os.environ.get("COMPOSER_TEST_CRASH_AT") == stage:
+        os._exit(86)
 
 
 def _human_name(image: dict) -> str:
@@ -212,11 +238,9 @@ def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: L
 
 
 def _finish_tags(reg: Registry, repo: str, digest: str, name: str, spec: str) -> None:
-    # The spec tag makes the next identical build a cache hit; the name tag comes last,
-    # so a name never points at an image whose record is not yet in the registry.
-    reg.tag(repo, digest, unique_tag(name, spec))
-    reg.tag(repo, digest, spec_tag(spec))
-    reg.tag(repo, digest, name)
+    # The name tag comes last, so a name never points at an image whose record and
+    # cache entry are not yet in the registry. Tags already in place are not rewritten.
+    reg.tag(repo, digest, unique_tag(name, spec), name)
 
 
 def _prepare_context(tmp: Path, dockerfile: str, lock: Lock, settings: Settings) -> Tuple[Path, Dict[str, str]]:

@@ -130,10 +130,12 @@ class Registry:
         self._auth_loaded = False
 
     # -- transport -------------------------------------------------------------
-    def _request(self, method: str, path: str, *, scope: str, headers=None, data=None, allow=(200,)) -> requests.Response:
+    def _request(self, method: str, path: str, *, scope: str, headers=None, data=None, allow=(200,),
+                 retry: bool = True) -> requests.Response:
+        """One registry call; retried with backoff on resets, timeouts, 429 and 5xx when retry is safe."""
         url = path if path.startswith("http") else self.base + path
         last_problem = ""
-        for attempt in range(self.attempts):
+        for attempt in range(self.attempts if retry else 1):
             if attempt:
                 time.sleep(min(0.2 * (3 ** (attempt - 1)), 3.0))
             try:
@@ -161,7 +163,7 @@ class Registry:
                 "check the registry and the reference",
             )
         raise RegistryError(
-            f"registry {self.host} failed after {self.attempts} attempts: {last_problem}",
+            f"registry {self.host} failed after {self.attempts if retry else 1} attempt(s): {last_problem}",
             "check that it is running and reachable, and --registry / COMPOSER_REGISTRY",
         )
 
@@ -270,12 +272,18 @@ class Registry:
             raise VerificationError(f"registry {self.host} stored {repo}:{ref} as {claimed}, expected {digest}", "the registry is inconsistent")
         return Descriptor(media_type, digest, len(body)), bool(resp.headers.get("OCI-Subject"))
 
-    def tag(self, repo: str, digest: str, tag: str) -> None:
-        """Point tag at an existing manifest, copying its exact bytes (digest unchanged)."""
-        got = self.get_manifest(repo, digest)
-        if got is None:
-            raise NotFoundError(f"{repo}@{digest} is not in registry {self.host}", "push it before tagging")
-        self.put_manifest(repo, tag, got[0], got[1].media_type)
+    def tag(self, repo: str, digest: str, *tags: str) -> None:
+        """Point tags, in order, at an existing manifest, copying its exact bytes (digest unchanged)."""
+        got = None
+        for tag in tags:
+            current = self.head_manifest(repo, tag)
+            if current is not None and current.digest == digest:
+                continue
+            if got is None:
+                got = self.get_manifest(repo, digest)
+                if got is None:
+                    raise NotFoundError(f"{repo}@{digest} is not in registry {self.host}", "push it before tagging")
+            self.put_manifest(repo, tag, got[0], got[1].media_type)
 
     def tags(self, repo: str) -> List[str]:
         resp = self._request("GET", f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull", allow=(200, 404))
@@ -302,18 +310,34 @@ class Registry:
         if self.blob_exists(repo, digest):
             return desc
         scope = f"repository:{repo}:pull,push"
-        start = self._request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, allow=(202,))
-        location = start.headers.get("Location", "")
-        if not location:
-            raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
-        if not location.startswith("http"):
-            location = self.base + location
-        sep = "&" if "?" in location else "?"
-        self._request(
-            "PUT", f"{location}{sep}digest={digest}", scope=scope,
-            headers={"Content-Type": "application/octet-stream"}, data=data, allow=(201,),
-        )
-        return desc
+        # An upload session does not survive a failed PUT: retry the whole POST + PUT.
+        problem: Optional[RegistryError] = None
+        for attempt in range(self.attempts):
+            try:
+                start = self._request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, allow=(202,))
+                location = start.headers.get("Location", "")
+                if not location:
+                    raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
+                if not location.startswith("http"):
+                    location = self.base + location
+                sep = "&" if "?" in location else "?"
+                self._request(
+                    "PUT", f"{location}{sep}digest={digest}", scope=scope, retry=False,
+                    headers={"Content-Type": "application/octet-stream"}, data=data, allow=(201,),
+                )
+                return desc
+            except RegistryError as exc:
+                problem = exc
+                if self.blob_exists(repo, digest):  # the PUT landed though its answer was lost
+                    return desc
+        assert problem is not None
+        raise problem
+
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete a manifest by digest; False when the registry does not allow deletes."""
+        resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", scope=f"repository:{repo}:delete",
+                             allow=(202, 404, 405))
+        return resp.status_code == 202
 
     # -- referrers -----------------------------------------------------------------
     def referrers(self, repo: str, digest: str, artifact_type: Optional[str] = None) -> List[Descriptor]:

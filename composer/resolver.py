@@ -65,6 +65,7 @@ print(json.dumps({
 """
 
 _ARCH_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
+_MACHINE_TO_ARCH = {v: k for k, v in _ARCH_TO_MACHINE.items()}
 
 
 def registry_for(settings: Settings, host: Optional[str] = None) -> Registry:
@@ -85,7 +86,7 @@ def pin_image(settings: Settings, text: str) -> Tuple[ImageRef, dict]:
     body, desc = got
     manifest = json.loads(body)
     if desc.media_type in (OCI_INDEX, DOCKER_LIST):
-        want = {v: k for k, v in _ARCH_TO_MACHINE.items()}.get(host_platform.machine(), host_platform.machine())
+        want = _MACHINE_TO_ARCH.get(host_platform.machine(), host_platform.machine())
         match = [m for m in manifest.get("manifests", []) if (m.get("platform") or {}).get("os") == "linux"
                  and (m.get("platform") or {}).get("architecture") == want]
         if not match:
@@ -113,6 +114,14 @@ def probe_image(image: ImageRef, config: dict) -> dict:
             "start Docker (make infra) or pass --requirements with the run's pinned packages",
         )
     pinned = image.pinned()
+    want = f"{config.get('os') or 'linux'}/{config.get('architecture') or '?'}"
+    engine = client.info()
+    have = f"{engine.get('OSType') or 'linux'}/{_MACHINE_TO_ARCH.get(engine.get('Architecture'), engine.get('Architecture'))}"
+    if want != have:
+        raise UsageError(
+            f"image {pinned} is for {want} but this Docker engine runs {have}",
+            "record it on a machine of that platform, or pick the image's build for this one",
+        )
     try:
         try:
             client.images.get(pinned)

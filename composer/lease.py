@@ -1,0 +1,134 @@
+"""One builder per spec, across processes and machines that share a registry.
+
+Registries have no compare-and-swap, so the lease is "last writer wins, then
+settle": a builder writes its lease under lease-<spec hash>, waits a moment,
+and reads it back. Only the builder that still sees its own lease builds; the
+others wait for the spec tag to appear and then use that image. The holder
+renews the lease while it builds; a lease that stops being renewed, or whose
+holder is a dead process on this host, is taken over. This keeps concurrent
+identical builds to one image and one record without any local shared state.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Callable, Optional, Tuple, TypeVar
+
+from .canonical import digest_hex
+from .errors import BuildError
+from .records import push_record, read_record, utc_now
+from .registry import Registry
+
+LEASE_TYPE = "application/vnd.composer.lease.v1+json"
+T = TypeVar("T")
+
+
+def _seconds(var: str, default: float) -> float:
+    return float(os.environ.get(var, default))
+
+
+def lease_tag(spec: str) -> str:
+    return f"lease-{digest_hex(spec)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _age(stamp: str) -> float:
+    try:
+        then = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        return float("inf")
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+
+
+class _Lease:
+    def __init__(self, reg: Registry, repo: str, spec: str):
+        self.reg, self.repo, self.spec = reg, repo, spec
+        self.owner = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self.digest: Optional[str] = None
+        self._stop = threading.Event()
+        self._renewer: Optional[threading.Thread] = None
+
+    def _doc(self) -> dict:
+        return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "spec_hash": self.spec, "renewed": utc_now()}
+
+    def read(self) -> Optional[dict]:
+        got = read_record(self.reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
+        return got[0] if got else None
+
+    def write(self, reg: Optional[Registry] = None) -> None:
+        desc = push_record(reg or self.reg, self.repo, self._doc(), LEASE_TYPE, {}, tag=lease_tag(self.spec))
+        self.digest = desc.digest
+
+    def stale(self, lease: dict) -> bool:
+        if lease.get("host") == self.host and isinstance(lease.get("pid"), int) and not _pid_alive(lease["pid"]):
+            return True  # its holder died on this machine: no need to wait out the clock
+        return _age(lease.get("renewed", "")) > _seconds("COMPOSER_LEASE_STALE", 60)
+
+    def _renew(self) -> None:
+        # A registry client of its own: requests sessions are not shared across threads.
+        reg = Registry(self.reg.host, ca_bundle=self.reg.verify if isinstance(self.reg.verify, str) else None)
+        reg.base = self.reg.base
+        while not self._stop.wait(_seconds("COMPOSER_LEASE_RENEW", 10)):
+            try:
+                self.write(reg)
+            except Exception:  # a missed renewal only risks a duplicate build, never a wrong result
+                pass
+
+    def hold(self) -> None:
+        self._renewer = threading.Thread(target=self._renew, daemon=True)
+        self._renewer.start()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=30)
+        try:
+            if self.digest:
+                self.reg.delete_manifest(self.repo, self.digest)
+        except Exception:  # a lease left behind goes stale; it never decides anything alone
+            pass
+
+
+def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[T]], build: Callable[[], T]) -> Tuple[T, bool]:
+    """find() or build() under the spec's lease: (result, True if this process built it)."""
+    lease = _Lease(reg, repo, spec)
+    deadline = time.monotonic() + _seconds("COMPOSER_LEASE_WAIT", 3600)
+    poll = _seconds("COMPOSER_LEASE_POLL", 0.5)
+    while time.monotonic() < deadline:
+        found = find()
+        if found is not None:
+            return found, False
+        current = lease.read()
+        if current is not None and current.get("owner") != lease.owner and not lease.stale(current):
+            time.sleep(poll)  # another builder holds it: wait for its spec tag
+            continue
+        lease.write()
+        time.sleep(_seconds("COMPOSER_LEASE_SETTLE", 0.5))
+        current = lease.read()
+        if current is None or current.get("owner") != lease.owner:
+            continue  # another builder wrote after us and won
+        found = find()  # the previous holder may have finished just before we took over
+        if found is not None:
+            lease.release()
+            return found, False
+        lease.hold()
+        try:
+            return build(), True
+        finally:
+            lease.release()
+    raise BuildError(f"waited too long for another build of spec {spec[:19]}", "check the other build, or rerun")
