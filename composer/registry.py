@@ -5,8 +5,10 @@ a 404 is the only answer taken as "absent", and anything else that is not a
 success (5xx, resets, timeouts, auth failures) ends in a RegistryError after
 bounded retries. Nothing here ever guesses that something exists.
 
-oras-py's own transport retries for minutes with no way to bound it, so the
-HTTP work is done here; oras-py is used for reading Docker credentials.
+oras-py's own transport retries for minutes with no way to bound it, and does
+not check digests on reads, so the HTTP work is done here; oras-py parses the
+token challenge, and the records it writes are plain OCI artifacts that oras
+clients pull (tests/integration/test_compose.py checks that).
 """
 
 from __future__ import annotations
@@ -78,22 +80,27 @@ class _Auth:
     tokens: Dict[str, str] = field(default_factory=dict)  # scope -> bearer token
 
 
-def _docker_credentials(host: str) -> Optional[str]:
-    """Base64 user:password for host from DOCKER_CONFIG / ~/.docker/config.json, helpers included."""
-    from oras.auth.utils import load_configs  # reads DOCKER_CONFIG, auths, credsStore, credHelpers
+def docker_config_path() -> str:
+    """Docker's own rule: $DOCKER_CONFIG/config.json, else ~/.docker/config.json."""
+    root = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return os.path.join(root, "config.json")
 
+
+def _docker_credentials(host: str) -> Optional[str]:
+    """Base64 user:password for host from the Docker config: auths, then credHelpers / credsStore."""
     try:
-        cfg = load_configs()
+        with open(docker_config_path(), encoding="utf-8") as f:
+            cfg = json.load(f)
     except (OSError, ValueError):
         return None
-    candidates = [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"{host}/v1/"]
-    for key in candidates:
-        entry = cfg.get("auths", {}).get(key) or {}
+    auths = cfg.get("auths") or {}
+    for key in (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"{host}/v1/"):
+        entry = auths.get(key) or {}
         if entry.get("auth"):
             return entry["auth"]
         if entry.get("username") and entry.get("password"):
             return base64.b64encode(f"{entry['username']}:{entry['password']}".encode()).decode()
-    helper = cfg.get("credHelpers", {}).get(host) or cfg.get("credsStore")
+    helper = (cfg.get("credHelpers") or {}).get(host) or cfg.get("credsStore")
     if helper:
         try:
             out = subprocess.run(
@@ -370,6 +377,204 @@ class Registry:
             if check and any(m.get("digest") == referrer.digest for m in json.loads(check[0]).get("manifests", [])):
                 return
         raise RegistryError(f"could not update referrers tag {tag} in {self.host}/{repo}", "retry the command")
+
+    # -- streamed blobs and cross-repository mounts (the daemonless builder) -------------
+    class _StreamBody:
+        """A request body read from a file (or bytes) in chunks; every iteration starts
+        over, so a retried request sends the whole blob again. Has a length, so requests
+        sends Content-Length rather than chunked encoding."""
+
+        def __init__(self, path=None, data: Optional[bytes] = None, size: int = 0, chunk: int = 1 << 20):
+            self.path, self.data, self.size, self.chunk = path, data, size, chunk
+
+        def __len__(self) -> int:
+            return self.size
+
+        def __iter__(self):
+            if self.data is not None:
+                for i in range(0, len(self.data), self.chunk):
+                    yield self.data[i : i + self.chunk]
+                return
+            with open(self.path, "rb") as f:
+                while True:
+                    block = f.read(self.chunk)
+                    if not block:
+                        return
+                    yield block
+
+    def _note_transfer(self, action: str, repo: str, digest: str, size: int) -> None:
+        """Instrumentation: what happened to each blob (present, mounted, uploaded, copied)."""
+        self.__dict__.setdefault("transfers", []).append({"action": action, "repo": repo, "digest": digest, "size": size})
+
+    def blob_size(self, repo: str, digest: str) -> Optional[int]:
+        """The size of a blob repo holds (HEAD, nothing downloaded), or None on a 404."""
+        resp = self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", allow=(200, 404))
+        if resp.status_code == 404:
+            return None
+        claimed = resp.headers.get("Docker-Content-Digest")
+        if claimed and claimed != digest:
+            raise VerificationError(f"registry {self.host} answered {claimed} for blob {repo}@{digest}", "the registry is inconsistent")
+        try:
+            return int(resp.headers["Content-Length"])
+        except (KeyError, ValueError):
+            raise RegistryError(f"registry {self.host} gave no size for blob {repo}@{digest}", "the registry is misbehaving")
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount of a blob (same registry host); True when the registry mounted
+        it (201), False when it declined (202: it opened an upload session, which is closed)."""
+        resp = self._request(
+            "POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}",
+            scope=f"repository:{repo}:pull,push", allow=(201, 202),
+        )
+        if resp.status_code == 201:
+            claimed = resp.headers.get("Docker-Content-Digest")
+            if claimed and claimed != digest:
+                raise VerificationError(f"registry {self.host} mounted {claimed} when asked for {digest}", "the registry is inconsistent")
+            self._note_transfer("mounted", repo, digest, 0)
+            return True
+        location = resp.headers.get("Location", "")
+        if location:
+            try:  # best effort: an abandoned session expires on its own
+                self._request("DELETE", location if location.startswith("http") else self.base + location,
+                              scope=f"repository:{repo}:pull,push", allow=(204, 404))
+            except RegistryError:
+                pass
+        return False
+
+    def upload_blob(self, repo: str, digest: str, size: int, *, path=None, data: Optional[bytes] = None,
+                    media_type: str = "application/octet-stream") -> Descriptor:
+        """Push a blob from a file (streamed, never read into memory) or bytes, unless repo has it.
+        Monolithic POST + PUT; a failed PUT restarts the session. The registry checks the digest
+        on PUT, and the stored size is checked afterwards."""
+        desc = Descriptor(media_type, digest, size)
+        have = self.blob_size(repo, digest)
+        if have is not None:
+            if have != size:
+                raise VerificationError(f"registry {self.host} holds {repo}@{digest} with {have} bytes, expected {size}", "the registry is inconsistent")
+            self._note_transfer("present", repo, digest, size)
+            return desc
+        scope = f"repository:{repo}:pull,push"
+        body = self._StreamBody(path=path, data=data, size=size)
+        problem = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(min(0.2 * (3 ** (attempt - 1)), 3.0))
+            start = self._request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, allow=(202,))
+            location = start.headers.get("Location", "")
+            if not location:
+                raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
+            if not location.startswith("http"):
+                location = self.base + location
+            sep = "&" if "?" in location else "?"
+            try:  # one attempt per session: a session does not survive a failed PUT
+                resp = self._send("PUT", f"{location}{sep}digest={digest}", scope,
+                                  {"Content-Type": "application/octet-stream"}, body)
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(f"TLS verification failed for registry {self.host} ({type(exc).__name__})",
+                                    "set COMPOSER_CA_BUNDLE to the CA that signed it, or list the host in insecure_registries")
+            except requests.exceptions.RequestException as exc:
+                problem = _short_reason(exc)
+            else:
+                if resp.status_code == 201:
+                    claimed = resp.headers.get("Docker-Content-Digest")
+                    if claimed and claimed != digest:
+                        raise VerificationError(f"registry {self.host} stored {claimed} for an upload of {digest}", "the registry is inconsistent")
+                    break
+                if resp.status_code in (401, 403):
+                    raise RegistryError(f"registry {self.host} refused access to {scope} ({resp.status_code})",
+                                        f"run 'docker login {self.host}' or fix the credentials in DOCKER_CONFIG")
+                if resp.status_code not in RETRY_STATUSES:
+                    raise RegistryError(
+                        f"registry {self.host} answered HTTP {resp.status_code} to the upload of {digest[:19]} to {repo}{_error_detail(resp)}",
+                        "check the registry and its storage",
+                    )
+                problem = f"HTTP {resp.status_code} for PUT of {digest[:19]}"
+            if self.blob_size(repo, digest) == size:  # the PUT landed though its answer was lost
+                break
+        else:
+            raise RegistryError(f"registry {self.host} failed after {self.attempts} upload attempts: {problem}",
+                                "check that it is running and reachable")
+        stored = self.blob_size(repo, digest)
+        if stored != size:
+            raise VerificationError(f"after the upload registry {self.host} holds {repo}@{digest} with size {stored}, expected {size}",
+                                    "the registry is inconsistent")
+        self._note_transfer("uploaded", repo, digest, size)
+        return desc
+
+    def download_blob(self, repo: str, digest: str, path) -> int:
+        """Stream a blob into a file, checking its digest; returns its size."""
+        import hashlib
+
+        url = f"{self.base}/v2/{repo}/blobs/{digest}"
+        scope = f"repository:{repo}:pull"
+        problem = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(min(0.2 * (3 ** (attempt - 1)), 3.0))
+            try:
+                resp = None
+                for _ in range(2):  # a 401 challenge, then the answer
+                    hdrs = {}
+                    if scope in self._auth.tokens:
+                        hdrs["Authorization"] = f"Bearer {self._auth.tokens[scope]}"
+                    elif self._auth.use_basic and self._auth.basic:
+                        hdrs["Authorization"] = f"Basic {self._auth.basic}"
+                    resp = self.session.get(url, headers=hdrs, stream=True, timeout=self.timeout, verify=self.verify)
+                    if resp.status_code != 401 or not self._authenticate(resp, scope):
+                        break
+                    resp.close()
+                assert resp is not None
+                with resp:
+                    if resp.status_code == 404:
+                        raise NotFoundError(f"blob {digest} is missing from {self.host}/{repo}", "the registry lost content; republish it")
+                    if resp.status_code in (401, 403):
+                        raise RegistryError(f"registry {self.host} refused access to {scope} ({resp.status_code})",
+                                            f"run 'docker login {self.host}' or fix the credentials in DOCKER_CONFIG")
+                    if resp.status_code in RETRY_STATUSES:
+                        problem = f"HTTP {resp.status_code} for GET of blob {digest[:19]}"
+                        continue
+                    if resp.status_code != 200:
+                        raise RegistryError(f"registry {self.host} answered HTTP {resp.status_code} to GET blob {repo}@{digest}",
+                                            "check the registry and the reference")
+                    h, size = hashlib.sha256(), 0
+                    with open(path, "wb") as out:
+                        for block in resp.iter_content(1 << 20):
+                            h.update(block)
+                            size += len(block)
+                            out.write(block)
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(f"TLS verification failed for registry {self.host} ({type(exc).__name__})",
+                                    "set COMPOSER_CA_BUNDLE to the CA that signed it, or list the host in insecure_registries")
+            except requests.exceptions.RequestException as exc:
+                problem = _short_reason(exc)
+                continue
+            if "sha256:" + h.hexdigest() != digest:
+                raise VerificationError(f"blob {digest} from {self.host}/{repo} does not match its digest",
+                                        "the registry returned other bytes than it stored")
+            return size
+        raise RegistryError(f"registry {self.host} failed after {self.attempts} attempts: {problem}",
+                            "check that it is running and reachable")
+
+    def copy_blob(self, source: "Registry", source_repo: str, digest: str, size: int, repo: str,
+                  media_type: str = "application/octet-stream") -> Descriptor:
+        """Copy a blob from another registry (or a repository a mount cannot reach): streamed
+        through a temporary file, checked on the way in and on the way out."""
+        import tempfile
+
+        have = self.blob_size(repo, digest)
+        if have == size:
+            self._note_transfer("present", repo, digest, size)
+            return Descriptor(media_type, digest, size)
+        with tempfile.TemporaryDirectory(prefix="composer-blob-") as tmp:
+            path = f"{tmp}/blob"
+            got = source.download_blob(source_repo, digest, path)
+            if got != size:
+                raise VerificationError(f"blob {digest} from {source.host}/{source_repo} has {got} bytes, its descriptor says {size}",
+                                        "the upstream manifest and its blobs disagree")
+            desc = self.upload_blob(repo, digest, size, path=path, media_type=media_type)
+        if self.transfers[-1]["action"] == "uploaded":
+            self.transfers[-1]["action"] = "copied"
+        return desc
 
 
 def _short_reason(exc: Exception) -> str:

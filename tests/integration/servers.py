@@ -25,11 +25,13 @@ def free_port() -> int:
 class RegistryProcess:
     """`docker-registry serve` on a loopback port with its own storage; stop() kills it for real."""
 
-    def __init__(self, root: Path, htpasswd: Optional[str] = None, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, htpasswd: Optional[str] = None, host: str = "127.0.0.1", tls: Optional[tuple] = None):
         self.root, self.port, self.host = root, free_port(), host
         root.mkdir(parents=True, exist_ok=True)
         self.addr = f"{host}:{self.port}"
         self.proc: Optional[subprocess.Popen] = None
+        self.scheme = "https" if tls else "http"
+        tls_conf = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
         auth = ""
         if htpasswd:
             (root / "htpasswd").write_text(htpasswd)
@@ -37,7 +39,7 @@ class RegistryProcess:
         (root / "config.yml").write_text(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n{tls_conf}{auth}"
         )
 
     def start(self) -> "RegistryProcess":
@@ -45,7 +47,7 @@ class RegistryProcess:
                                      stdout=subprocess.DEVNULL, stderr=open(self.root / "registry.log", "ab"))
         for _ in range(100):
             try:
-                requests.get(f"http://127.0.0.1:{self.port}/v2/", timeout=1)
+                requests.get(f"{self.scheme}://127.0.0.1:{self.port}/v2/", timeout=1, verify=False)
                 return self
             except requests.RequestException:
                 time.sleep(0.05)
