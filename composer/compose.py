@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Tuple
 
 from . import __version__
 from .builders import BuildRequest, detect
-from .canonical import digest_hex
+from . import state
+from .canonical import canonical_json, digest_hex, sha256_digest
 from .config import Settings
 from .dockerfile import load_template, render_pip
 from .errors import NotFoundError, UsageError, VerificationError
@@ -86,14 +87,22 @@ def build(
     reg = registry_for(settings)
     repo = env_repository(settings)
     upstream, upstream_record_digest = load_run(settings, upstream_run)
-    lock = lock_extras(settings, requirements, upstream, upstream_run)
-
     base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
     _, template = load_template("pip")
-    spec = spec_hash(spec_document(
-        base_digest=base.digest, python=upstream["python"], platform=upstream["platform"],
-        packages=lock.packages, template=template, frontend=settings.dockerfile_syntax,
-    ))
+
+    def spec_of(lock: Lock) -> str:
+        return spec_hash(spec_document(
+            base_digest=base.digest, python=upstream["python"], platform=upstream["platform"],
+            packages=lock.packages, template=template, frontend=settings.dockerfile_syntax,
+        ))
+
+    # Same inputs as an earlier build on this machine: reuse its lock, skip resolution.
+    key = inputs_key(settings, upstream_record_digest, requirements, template)
+    lock, spec = _known_lock(key, spec_of)
+    if lock is None:
+        lock = lock_extras(settings, requirements, upstream, upstream_run)
+        spec = spec_of(lock)
+        state.write("inputs", key, {"spec_hash": spec, "lock": asdict(lock)})
 
     _check_name_free(reg, repo, name, spec, update)
     find = lambda: _cached_image(reg, repo, spec)  # noqa: E731
@@ -166,6 +175,30 @@ def checkpoint(stage: str) -> None:
     there as a killed build would, with no cleanup."""
     if os.environ.get("COMPOSER_TEST_CRASH_AT") == stage:
         os._exit(86)
+
+
+def inputs_key(settings: Settings, upstream_record: str, requirements: List[str], template: str) -> str:
+    """Everything a lock depends on, hashed: the upstream record, the extras, the index, the template."""
+    secretless = lambda url: sha256_digest(url.encode()) if url else None  # noqa: E731  (never store a token)
+    return sha256_digest(canonical_json({
+        "inputs": "composer.inputs/v1", "upstream_record": upstream_record, "requirements": sorted(requirements),
+        "index_url": secretless(settings.index_url), "extra_index_url": secretless(settings.extra_index_url),
+        "template": template, "frontend": settings.dockerfile_syntax, "spec": SPEC_VERSION,
+    }))
+
+
+def _known_lock(key: str, spec_of) -> Tuple[Optional[Lock], Optional[str]]:
+    entry = state.read("inputs", key)
+    if entry is None:
+        return None, None
+    try:
+        lock = Lock(**entry["lock"])
+    except (TypeError, KeyError):
+        return None, None
+    # Re-derive the spec from the cached lock: an entry that disagrees with itself is not used.
+    if spec_of(lock) != entry.get("spec_hash"):
+        return None, None
+    return lock, entry["spec_hash"]
 
 
 def _human_name(image: dict) -> str:

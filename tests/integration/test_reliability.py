@@ -141,3 +141,24 @@ def test_bytes_that_do_not_match_their_digest_are_refused(env, prefix, upstream_
             assert "does not match its digest" in one_error_line(proc)
     finally:
         proxy.close()
+
+
+def test_a_local_cache_entry_that_lies_is_not_used(env, prefix, upstream_run, extras, tmp_path):
+    env = {**env, "COMPOSER_STATE_DIR": str(tmp_path / "state")}
+    first = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
+    entry = next((tmp_path / "state" / "inputs").glob("*.json"))
+    # Rewrite the entry consistently (valid checksum) but with a lock that is not what was built.
+    from composer.canonical import canonical_json, sha256_digest
+
+    doc = json.loads(entry.read_text())
+    for p in doc["body"]["lock"]["packages"]:
+        if p["name"] == "iniconfig":
+            p["version"] = "1.1.1"
+    doc["checksum"] = sha256_digest(canonical_json(doc["body"]))
+    entry.write_bytes(canonical_json(doc))
+    again = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
+    assert again["cached"] is True and again["digest"] == first["digest"] and again["spec_hash"] == first["spec_hash"]
+
+    entry.write_bytes(b"{torn")  # a crash mid-write elsewhere: read as absent, never as valid
+    third = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
+    assert third["digest"] == first["digest"]
