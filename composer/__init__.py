@@ -7,6 +7,6 @@
 
 __version__ = "0.1.0"
 
-from .api import build, record, ref, show  # noqa: E402
+from .api import build, pull, record, ref, show  # noqa: E402
 
-__all__ = ["build", "record", "ref", "show", "__version__"]
+__all__ = ["build", "pull", "record", "ref", "show", "__version__"]

@@ -39,6 +39,14 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
     return resolve(_settings(settings, registry), name)[0]
 
 
+def pull(name: str, *, use_docker: bool = True, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
+    """Step start: resolve name, verify its record; pull the image by digest (outside it) or check
+    that this process runs in exactly the recorded environment (inside it)."""
+    from .pull import pull as _pull
+
+    return _pull(_settings(settings, registry), name, use_docker=use_docker)
+
+
 def show(name: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
     """The build record (digest manifest) of the environment called name."""
     _, record, _ = resolve(_settings(settings, registry), name)

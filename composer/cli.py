@@ -55,6 +55,11 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(cmd, help=text)
         p.add_argument("name")
         _common(p)
+
+    p = sub.add_parser("pull", help="at step start: resolve NAME, verify its record, pull the image / check the running environment")
+    p.add_argument("name")
+    p.add_argument("--no-docker", action="store_true", help="do not pull into a local Docker engine")
+    _common(p)
     return top
 
 
@@ -91,6 +96,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "build":
         result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update)
         return result.to_json()
+    if args.command == "pull":
+        from .pull import pull
+
+        return pull(settings, args.name, use_docker=not args.no_docker)
     ref, record, digest = compose.resolve(settings, args.name)
     if args.command == "ref":
         return {"ref": ref, "record": digest}
@@ -102,7 +111,7 @@ def _human(command: str, out: dict) -> str:
         return out["ref"]
     if command == "show":
         return json.dumps(out["record"], indent=2, sort_keys=True)
-    if command == "build":
+    if command in ("build", "pull"):
         return out["ref"]
     return f"recorded run {out['run']}: {out['image']} (python {out['python']}, {out['distributions']} distributions)"
 

@@ -1,0 +1,90 @@
+"""Step start: resolve a name to the recorded digest, fetch and verify its record, and make
+sure the step runs in exactly that environment.
+
+Outside the image (a launcher, a CI job, a laptop) `pull` fetches the image by digest
+into the local Docker engine, when there is one, and checks its spec-hash label.
+Inside a composed image (COMPOSER_SPEC_HASH is set there) it compares the running
+environment with the record: the spec hash, the python version and every locked
+distribution's version. A mismatch fails the step with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Optional
+
+from .compose import resolve
+from .config import Settings
+from .errors import EnvironmentProblem, VerificationError
+from .requirements import canonical_name
+
+SPEC_ENV = "COMPOSER_SPEC_HASH"
+
+
+def verify_running(record: dict, name: str) -> None:
+    """Raise VerificationError unless this process runs in the environment record describes."""
+    running = os.environ.get(SPEC_ENV)
+    if running != record["spec_hash"]:
+        raise VerificationError(
+            f"this step runs in environment {(running or 'unknown')[:19]} but {name!r} is {record['spec_hash'][:19]}",
+            f"run the step in the image composer ref {name} prints",
+        )
+    want_py = record["python"]["version"]
+    if platform.python_version() != want_py:
+        raise VerificationError(f"this step runs python {platform.python_version()} but {name!r} has {want_py}",
+                                "run the step with the image's recorded interpreter")
+    from importlib import metadata
+
+    installed = {}
+    for dist in metadata.distributions():
+        n = dist.metadata["Name"]
+        if n:
+            installed.setdefault(canonical_name(n), dist.version)
+    for p in record["lock"]["packages"]:
+        have = installed.get(p["name"])
+        if have != p["version"]:
+            raise VerificationError(
+                f"{p['name']} is {have or 'missing'} here but {name!r} recorded {p['version']}",
+                "something changed the environment after it was built; do not install into a composed image",
+            )
+
+
+def pull_image(ref: str, spec: str) -> bool:
+    """Fetch ref (REPO@sha256:...) into the local engine unless present; check its spec label.
+    Returns False when there is no Docker engine to pull into."""
+    try:
+        import docker
+        import docker.errors
+    except ImportError:  # pragma: no cover - a declared dependency
+        return False
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except docker.errors.DockerException:
+        return False
+    repo, digest = ref.split("@", 1)
+    try:
+        try:
+            image = client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            image = client.images.pull(repo, tag=digest)
+    except docker.errors.APIError as exc:
+        raise EnvironmentProblem(f"Docker could not pull {ref}: {exc.explanation or exc}", "check the engine's access to the registry")
+    label = (image.labels or {}).get("dev.composer.spec-hash")
+    if label != spec:
+        raise VerificationError(f"image {ref} carries spec {label} but its record says {spec}", "rebuild the environment")
+    return True
+
+
+def pull(settings: Settings, name: str, use_docker: bool = True, in_image: Optional[bool] = None) -> dict:
+    ref, record, record_digest = resolve(settings, name)
+    inside = (SPEC_ENV in os.environ) if in_image is None else in_image
+    out = {"name": name, "ref": ref, "digest": ref.split("@", 1)[1], "record": record_digest,
+           "spec_hash": record["spec_hash"], "pulled": False, "verified_running": False}
+    if inside:
+        verify_running(record, name)
+        out["verified_running"] = True
+    elif use_docker:
+        out["pulled"] = pull_image(ref, record["spec_hash"])
+    return out
