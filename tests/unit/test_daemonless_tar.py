@@ -1,0 +1,188 @@
+"""composer/daemonless.py: the layer is a reproducible tar, mapped onto the image's layout."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from composer import daemonless as dl
+from composer.daemonless import Entry, Layout, stage_entries, write_layer
+
+VENV = Layout(executable="/opt/venv/bin/python3", site_packages="/opt/venv/lib/python3.11/site-packages", base="/opt/venv")
+DEBIAN = Layout(executable="/usr/bin/python3", site_packages="/usr/local/lib/python3.11/dist-packages", base="/usr/local")
+
+
+def _entries():
+    return [
+        Entry("opt/venv/lib/python3.11/site-packages/zeta.py", "file", 0o600, data=b"z = 1\n"),
+        Entry("opt/venv/bin/tool", "file", 0o700, data=b"#!/opt/venv/bin/python3\nprint()\n"),
+        Entry("opt/venv/lib/python3.11/site-packages/pkg", "dir", 0o700),
+        Entry("opt/venv/lib/python3.11/site-packages/pkg/__init__.py", "file", 0o664, data=b""),
+        Entry("opt/venv/lib/python3.11/site-packages/pkg/link.py", "symlink", 0o700, linkname="__init__.py"),
+        Entry("opt/venv/lib/python3.11/site-packages/alpha.py", "file", 0o644, data="é = 'ü'\n".encode()),
+    ]
+
+
+def _layer(entries, epoch=dl.DEFAULT_EPOCH, compression="gzip"):
+    out = io.BytesIO()
+    layer = write_layer(entries, out, compression, epoch)
+    return layer, out.getvalue()
+
+
+def test_same_inputs_same_bytes_whatever_the_order():
+    a, blob_a = _layer(_entries())
+    b, blob_b = _layer(list(reversed(_entries())))
+    assert blob_a == blob_b
+    assert a == b
+    assert a.digest == "sha256:" + hashlib.sha256(blob_a).hexdigest()
+    assert a.size == len(blob_a)
+    raw = gzip.decompress(blob_a)
+    assert a.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert a.tar_size == len(raw)
+
+
+def test_entries_sorted_root_owned_fixed_mtime_normalised_modes():
+    _, blob = _layer(_entries(), epoch=1_700_000_000)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    for m in members:
+        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
+        assert m.mtime == 1_700_000_000
+    modes = {m.name: (m.type, m.mode) for m in members}
+    assert modes["opt/venv/lib/python3.11/site-packages/zeta.py"] == (tarfile.REGTYPE, 0o644)
+    assert modes["opt/venv/bin/tool"] == (tarfile.REGTYPE, 0o755)
+    assert modes["opt/venv/lib/python3.11/site-packages/pkg/__init__.py"] == (tarfile.REGTYPE, 0o644)
+    assert modes["opt/venv/lib/python3.11/site-packages/pkg"] == (tarfile.DIRTYPE, 0o755)
+    assert modes["opt/venv/lib/python3.11/site-packages/pkg/link.py"][0] == tarfile.SYMTYPE
+    assert all(not n.startswith("/") and not n.startswith("./") for n in names)
+
+
+def test_gzip_header_has_no_name_and_no_time():
+    _, blob = _layer(_entries())
+    assert blob[:3] == b"\x1f\x8b\x08"
+    flags, mtime = blob[3], blob[4:8]
+    assert flags & 0x08 == 0  # FNAME
+    assert mtime == b"\x00\x00\x00\x00"
+
+
+def test_source_date_epoch_sets_mtimes(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567890")
+    out = io.BytesIO()
+    write_layer(_entries(), out)
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1234567890}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
+    with pytest.raises(dl.UsageError):
+        dl.source_date_epoch()
+    monkeypatch.delenv("SOURCE_DATE_EPOCH")
+    assert dl.source_date_epoch() == dl.DEFAULT_EPOCH
+
+
+def test_different_content_different_digest():
+    a, _ = _layer(_entries())
+    changed = _entries()
+    changed[0] = Entry(changed[0].path, "file", 0o644, data=b"z = 2\n")
+    b, _ = _layer(changed)
+    assert a.digest != b.digest and a.diff_id != b.diff_id
+
+
+def test_files_from_disk_same_as_bytes(tmp_path):
+    src = tmp_path / "f"
+    src.write_bytes(b"hello\n")
+    os.chmod(src, 0o751)
+    a, blob_a = _layer([Entry("x/f", "file", 0o755, source=str(src))])
+    b, blob_b = _layer([Entry("x/f", "file", 0o755, data=b"hello\n")])
+    assert blob_a == blob_b
+
+
+def test_empty_layer_is_a_valid_tar():
+    layer, blob = _layer([])
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        assert tar.getmembers() == []
+    assert layer.tar_size % 512 == 0
+
+
+def _fake_prefix(root: Path) -> Path:
+    """What `uv pip install --prefix` leaves: scheme layout plus uv's lock file."""
+    prefix = root / "prefix"
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    (site / "pkg" / "__pycache__").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("")
+    (site / "pkg" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\x00pyc")
+    (site / "pkg-1.0.dist-info").mkdir()
+    (site / "pkg-1.0.dist-info" / "RECORD").write_text("pkg/__init__.py,,\n")
+    (site / "mod.py").write_text("x = 1\n")
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "tool").write_text("#!/host/python\nimport pkg\n")
+    os.chmod(prefix / "bin" / "tool", 0o755)
+    (prefix / "etc" / "jupyter" / "conf.d").mkdir(parents=True)
+    (prefix / "etc" / "jupyter" / "conf.d" / "pkg.json").write_text("{}")
+    (prefix / ".lock").write_text("")
+    return prefix
+
+
+def test_stage_maps_onto_a_venv(tmp_path):
+    entries = stage_entries(_fake_prefix(tmp_path), VENV)
+    got = {e.path: e.kind for e in entries}
+    assert got == {
+        "opt/venv/bin/tool": "file",
+        "opt/venv/etc": "dir",
+        "opt/venv/etc/jupyter": "dir",
+        "opt/venv/etc/jupyter/conf.d": "dir",
+        "opt/venv/etc/jupyter/conf.d/pkg.json": "file",
+        "opt/venv/lib/python3.11/site-packages/mod.py": "file",
+        "opt/venv/lib/python3.11/site-packages/pkg": "dir",
+        "opt/venv/lib/python3.11/site-packages/pkg-1.0.dist-info": "dir",
+        "opt/venv/lib/python3.11/site-packages/pkg-1.0.dist-info/RECORD": "file",
+        "opt/venv/lib/python3.11/site-packages/pkg/__init__.py": "file",
+    }
+    assert [e.path for e in entries] == sorted(e.path for e in entries)
+    # The install roots and their ancestors exist in the image: no entry overrides their metadata.
+    for p in ("opt", "opt/venv", "opt/venv/bin", "opt/venv/lib", "opt/venv/lib/python3.11", "opt/venv/lib/python3.11/site-packages"):
+        assert p not in got
+
+
+def test_stage_maps_onto_debian_system_python(tmp_path):
+    """Debian's python installs into /usr/local/lib/python3.X/dist-packages and /usr/local/bin."""
+    entries = {e.path for e in stage_entries(_fake_prefix(tmp_path), DEBIAN)}
+    assert "usr/local/lib/python3.11/dist-packages/mod.py" in entries
+    assert "usr/local/bin/tool" in entries
+    assert "usr/local/etc/jupyter/conf.d/pkg.json" in entries
+    assert not any(".lock" in p or "__pycache__" in p or "site-packages" in p for p in entries)
+    assert "usr/local/bin" not in entries and "usr/local" not in entries
+
+
+def test_stage_with_other_python_minor_maps_by_site_packages(tmp_path):
+    """uv lays out the prefix for the host interpreter's version; the mapping goes by site-packages."""
+    prefix = tmp_path / "p"
+    site = prefix / "lib" / "python3.9" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "m.py").write_text("")
+    layout = Layout("/usr/local/bin/python3.12", "/usr/local/lib/python3.12/site-packages", "/usr/local")
+    assert [e.path for e in stage_entries(prefix, layout)] == ["usr/local/lib/python3.12/site-packages/m.py"]
+
+
+@pytest.mark.parametrize("site, base", [
+    ("/opt/venv/lib/python3.11/site-packages", "/opt/venv"),
+    ("/usr/local/lib/python3.11/dist-packages", "/usr/local"),
+    ("/usr/lib64/python3.12/site-packages", "/usr"),
+    ("/opt/py/lib/python3.13t/site-packages/", "/opt/py"),
+])
+def test_scheme_base(site, base):
+    up = {"python": {"site_packages": site, "executable": "/x/python"}}
+    assert dl.layout_for(up).base == base
+    assert dl.layout_for(up).scripts == base + "/bin"
+
+
+@pytest.mark.parametrize("site", ["/usr/lib/python3/dist-packages", "relative/lib/python3.11/site-packages", "/opt/site-packages", ""])
+def test_unknown_site_packages_layout_needs_buildkit(site):
+    with pytest.raises(dl.NeedsBuildKit):
+        dl.layout_for({"python": {"site_packages": site, "executable": "/x/python"}})
