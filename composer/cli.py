@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 from . import __version__
 from .config import BUILDERS, load_settings
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, ComposerError, UsageError
+from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +56,29 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         _common(p)
 
+    p = sub.add_parser("history", help="every version a name or alias has pointed to")
+    p.add_argument("name")
+    _common(p)
+
+    p = sub.add_parser("alias", help="point an alias (latest, stable, ...) at NAME or NAME@N; the move is recorded")
+    p.add_argument("alias")
+    p.add_argument("target", help="NAME or NAME@VERSION")
+    _common(p)
+
+    p = sub.add_parser("ls", help="list environments: name, digest, upstream run, base digest, created, size")
+    _common(p)
+
+    p = sub.add_parser("gc", help="retire old versions: beyond the newest --keep of a name AND older than --older-than")
+    p.add_argument("--keep", type=int, default=5, help="versions kept per name (default 5)")
+    p.add_argument("--older-than", type=float, default=30.0, metavar="DAYS", help="only versions older than this (default 30)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
+    _common(p)
+
+    p = sub.add_parser("rebuild", help="rebuild what a trigger made stale (every environment when no NAME is given)")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--dry-run", action="store_true", help=f"only report; exit {EXIT_STALE} when something is stale")
+    _common(p)
+
     p = sub.add_parser("pull", help="at step start: resolve NAME, verify its record, pull the image / check the running environment")
     p.add_argument("name")
     p.add_argument("--no-docker", action="store_true", help="do not pull into a local Docker engine")
@@ -96,6 +119,20 @@ def run(args: argparse.Namespace) -> dict:
     if args.command == "build":
         result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update)
         return result.to_json()
+    if args.command in ("history", "alias", "ls", "gc"):
+        from . import catalog
+
+        if args.command == "history":
+            return {"name": args.name, "versions": catalog.history(settings, args.name)}
+        if args.command == "alias":
+            return catalog.set_alias(settings, args.alias, args.target)
+        if args.command == "ls":
+            return {"environments": catalog.ls(settings)}
+        return catalog.gc(settings, args.keep, args.older_than, args.dry_run)
+    if args.command == "rebuild":
+        from .rebuild import rebuild
+
+        return rebuild(settings, args.names, args.dry_run)
     if args.command == "pull":
         from .pull import pull
 
@@ -109,6 +146,23 @@ def run(args: argparse.Namespace) -> dict:
 def _human(command: str, out: dict) -> str:
     if command == "ref":
         return out["ref"]
+    if command == "history":
+        return "\n".join(f"{v['version']:>4}  {v['digest']}  {v['created']}  {v['reason']}"
+                         + (f" -> {v['alias_of']}" if v["alias_of"] else "") for v in out["versions"])
+    if command == "alias":
+        return f"{out['alias']} -> {out['alias_of']} ({out['ref']}, version {out['version']})"
+    if command == "ls":
+        rows = [f"{e['name']:<40} {e['digest'][:19]}  {e['upstream_run']:<24} {e['base_digest'][:19]}  "
+                f"{e['created']}  {e['size'] / 1e6:8.1f} MB" + (f"  (alias of {e['alias_of']})" if e["alias_of"] else "")
+                for e in out["environments"]]
+        return "\n".join(rows) or "no environments"
+    if command == "gc":
+        verb = "would delete" if out["dry_run"] else "deleted"
+        return "\n".join([f"{verb} {d}" for d in out["deleted"]] + [f"{verb} {len(out['deleted'])} image(s); kept {out['kept']}"])
+    if command == "rebuild":
+        return "\n".join(f"{r['name']}: {r['status']}" + (f" ({'; '.join(r['reasons'])})" if r.get("reasons") else "")
+                         + (f" -> {r['ref']}" if r.get("ref") else "") + (f": {r['error']}" if r.get("error") else "")
+                         for r in out["results"]) or "no environments"
     if command == "show":
         return json.dumps(out["record"], indent=2, sort_keys=True)
     if command in ("build", "pull"):
@@ -136,6 +190,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(out, sort_keys=True))
     else:
         print(_human(args.command, out))
+    if args.command == "rebuild":
+        for r in out["results"]:
+            if r["status"] == "error":
+                print(f"composer: error: {r['name']}: {r['error']}", file=sys.stderr)
+        failed = [r for r in out["results"] if r["status"] == "error"]
+        if failed:
+            return failed[0]["exit_code"]
+        if out["dry_run"] and out["changed"]:
+            return EXIT_STALE
     if args.command == "build" and not args.json:
         state = "cache hit, nothing built" if out["cached"] else f"built with {out['builder']}"
         print(f"composer: {out['name']} -> {out['tag']} ({state}; record {out['record'][:19]})", file=sys.stderr)

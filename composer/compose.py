@@ -25,7 +25,8 @@ from . import state
 from .canonical import canonical_json, digest_hex, sha256_digest
 from .config import Settings
 from .dockerfile import load_template, render_pip
-from .errors import NotFoundError, UsageError, VerificationError
+from .errors import LockConflictError, NotFoundError, UsageError, VerificationError
+from .history import append_version, read_history
 from .lease import build_once
 from .lock import Lock, lock_extras, uv_binary
 from .names import ImageRef, SPEC_TAG_CHARS, check_name, parse_image_ref, render_name
@@ -34,7 +35,7 @@ from .records import (
     find_build_records, push_record, utc_now,
 )
 from .registry import Descriptor, Registry
-from .requirements import read_extras
+from .requirements import canonical_name, read_extras
 from .resolver import load_run, registry_for, store_run_record
 from .spec import SPEC_VERSION, spec_document, spec_hash
 
@@ -78,7 +79,13 @@ def build(
     variables: Optional[Dict[str, str]] = None,
     run_id: Optional[str] = None,
     update: bool = False,
+    base_update: Optional[str] = None,
 ) -> BuildResult:
+    """Compose upstream_run's environment + the extras under name (see the module's docstring).
+
+    base_update: the upstream image's tag was moved (e.g. a security rebuild): compose on what
+    it points at now, after checking it still holds exactly the upstream's distributions.
+    """
     settings.require_registry()
     requirements = read_extras(Path(extra))
     values = {"upstream_run": upstream_run, **({"run_id": run_id} if run_id else {}), **(variables or {})}
@@ -87,6 +94,8 @@ def build(
     reg = registry_for(settings)
     repo = env_repository(settings)
     upstream, upstream_record_digest = load_run(settings, upstream_run)
+    if base_update:
+        upstream = _moved_base(settings, upstream, base_update)
     base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
     _, template = load_template("pip")
 
@@ -97,7 +106,7 @@ def build(
         ))
 
     # Same inputs as an earlier build on this machine: reuse its lock, skip resolution.
-    key = inputs_key(settings, upstream_record_digest, requirements, template)
+    key = inputs_key(settings, upstream_record_digest, base.digest, requirements, template)
     lock, spec = _known_lock(key, spec_of)
     if lock is None:
         lock = lock_extras(settings, requirements, upstream, upstream_run)
@@ -109,7 +118,7 @@ def build(
     built_with: List[str] = []
 
     def build_it() -> Tuple[Descriptor, list]:
-        build_ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest}
+        build_ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
         image, record = _build_and_record(settings, reg, repo, name, spec, base, upstream, lock, build_ctx, built_with)
         _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
         return image, [record]
@@ -123,7 +132,7 @@ def build(
     if record is None:  # the same composition, recorded under another name so far
         record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
         _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
-    _finish_tags(reg, repo, image.digest, name, spec)
+    _finish_tags(reg, repo, image, name, spec, record[1].digest, "built" if built else "reused")
     return _result(settings, name, repo, image.digest, unique_tag(name, spec), not built, record[1].digest, spec,
                    built_with[0] if built else None)
 
@@ -151,8 +160,9 @@ def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, s
         "schema": BUILD_RECORD_SCHEMA,
         "name": name,
         "image": {"repository": f"{settings.registry_host}/{repo}", "tag": tag, "digest": digest},
-        "base": {"repository": base.name, "digest": base.digest},
+        "base": {"repository": base.name, "digest": base.digest, "tag": upstream["image"].get("tag")},
         "upstream": {"run": ctx["upstream_run"], "record": ctx["upstream_record"]},
+        "inputs": {"extra": ctx["extra"]},  # provenance for `composer rebuild`; not part of the spec
         "python": upstream["python"],
         "platform": upstream["platform"],
         "lock": {"requirements": lock.requirements, "packages": lock.packages, "added": [p["name"] for p in lock.added]},
@@ -177,11 +187,31 @@ def checkpoint(stage: str) -> None:
         os._exit(86)
 
 
-def inputs_key(settings: Settings, upstream_record: str, requirements: List[str], template: str) -> str:
+def _moved_base(settings: Settings, upstream: dict, tag_ref: str) -> dict:
+    """The upstream record, re-pinned to what tag_ref points at now, if its python and
+    distributions are exactly the recorded ones (upstream versions never move)."""
+    from .resolver import pin_image, probe_image
+
+    image, config = pin_image(settings, tag_ref)
+    probe = probe_image(image, config)
+    have = {canonical_name(d["name"]): d["version"] for d in probe["distributions"]}
+    for d in upstream["distributions"]:
+        if upstream.get("distributions_source") == "image" and have.get(d["name"]) != d["version"]:
+            raise LockConflictError(
+                f"{tag_ref} now has {d['name']} {have.get(d['name']) or 'missing'}, the run recorded {d['version']}",
+                "re-record the upstream run if that change is intended",
+            )
+    if probe["version"] != upstream["python"]["version"] or probe["executable"] != upstream["python"]["executable"]:
+        raise LockConflictError(f"{tag_ref} now has python {probe['version']} at {probe['executable']}",
+                                "re-record the upstream run if that change is intended")
+    return {**upstream, "image": {"repository": image.name, "digest": image.digest, "tag": image.tag}}
+
+
+def inputs_key(settings: Settings, upstream_record: str, base: str, requirements: List[str], template: str) -> str:
     """Everything a lock depends on, hashed: the upstream record, the extras, the index, the template."""
     secretless = lambda url: sha256_digest(url.encode()) if url else None  # noqa: E731  (never store a token)
     return sha256_digest(canonical_json({
-        "inputs": "composer.inputs/v1", "upstream_record": upstream_record, "requirements": sorted(requirements),
+        "inputs": "composer.inputs/v1", "upstream_record": upstream_record, "base": base, "requirements": sorted(requirements),
         "index_url": secretless(settings.index_url), "extra_index_url": secretless(settings.extra_index_url),
         "template": template, "frontend": settings.dockerfile_syntax, "spec": SPEC_VERSION,
     }))
@@ -270,10 +300,11 @@ def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: L
         })
 
 
-def _finish_tags(reg: Registry, repo: str, digest: str, name: str, spec: str) -> None:
-    # The name tag comes last, so a name never points at an image whose record and
-    # cache entry are not yet in the registry. Tags already in place are not rewritten.
-    reg.tag(repo, digest, unique_tag(name, spec), name)
+def _finish_tags(reg: Registry, repo: str, image: Descriptor, name: str, spec: str, record: str, reason: str) -> None:
+    # The name's history, then the name tag, last: a name never points at an image whose
+    # record, cache entry and history entry are not yet in the registry.
+    append_version(reg, repo, name, image, record, spec, reason)
+    reg.tag(repo, image.digest, unique_tag(name, spec), name)
 
 
 def _prepare_context(tmp: Path, dockerfile: str, lock: Lock, settings: Settings) -> Tuple[Path, Dict[str, str]]:
@@ -318,15 +349,30 @@ def _verify_image(settings: Settings, reg: Registry, repo: str, digest: str, bas
 
 
 def resolve(settings: Settings, name: str) -> Tuple[str, dict, str]:
-    """NAME -> (REPO@sha256:..., its verified build record, the record's digest)."""
+    """NAME, NAME@N (version N) or an alias -> (REPO@sha256:..., its verified build record, the record's digest)."""
+    name, _, version = name.partition("@")
     check_name(name)
     reg = registry_for(settings)
     repo = env_repository(settings)
-    desc = reg.head_manifest(repo, name)
-    if desc is None:
-        raise NotFoundError(f"no environment named {name!r} in {settings.registry}", "build it first: python -m composer build ... --name " + name)
-    records = [r for r in find_build_records(reg, repo, desc.digest) if r[0].get("name") == name]
+    hint = f"build it first: python -m composer build ... --name {name}"
+    if version:
+        if not version.isdigit():
+            raise UsageError(f"version {version!r} of {name!r} is not a number", f"use {name}@N, N from composer history {name}")
+        chosen = [v for v in read_history(reg, repo, name) if v.number == int(version)]
+        if not chosen:
+            raise NotFoundError(f"{name!r} has no version {version}", f"see composer history {name}")
+        digest, target = chosen[0].image.digest, chosen[0].alias_of or name
+    else:
+        desc = reg.head_manifest(repo, name)
+        if desc is None:
+            raise NotFoundError(f"no environment named {name!r} in {settings.registry}", hint)
+        digest, target = desc.digest, name
+        newest = read_history(reg, repo, name)[-1:]
+        if newest and newest[0].image.digest == digest and newest[0].alias_of:
+            target = newest[0].alias_of  # an alias: the records are its target's
+    records = [r for r in find_build_records(reg, repo, digest) if r[0].get("name") == target]
     if not records:
-        raise VerificationError(f"{name!r} points to {desc.digest} but no composer record describes it", "rebuild it with composer build --update")
+        raise VerificationError(f"{name!r} points to {digest} but no composer record describes it",
+                                "rebuild it with composer build --update")
     record, rdesc = max(records, key=lambda r: r[0].get("created", ""))
-    return f"{settings.registry_host}/{repo}@{desc.digest}", record, rdesc.digest
+    return f"{settings.registry_host}/{repo}@{digest}", record, rdesc.digest

@@ -12,6 +12,7 @@ EXIT_REGISTRY = 5  # registry unreachable, unauthorised or answering errors
 EXIT_BUILD = 6  # the image build failed
 EXIT_VERIFY = 7  # what the registry holds does not match what was recorded
 EXIT_ENVIRONMENT = 8  # a tool composer needs (Docker engine, BuildKit, uv) is missing
+EXIT_STALE = 10  # rebuild --dry-run: something is stale (nothing was built)
 
 
 class ComposerError(Exception):

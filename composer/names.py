@@ -20,6 +20,8 @@ DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}\Z")
 HOST_RE = re.compile(
     r"^(?:(?:localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9a-fA-F:]+\])(?::[0-9]+)?|[A-Za-z0-9-]+:[0-9]+)\Z"
 )
+# Tags composer writes for itself in the environments repository.
+RESERVED_PREFIXES = ("spec-", "sha256-", "run-", "hist-", "lease-")
 # NAME-<12 hex> is the form of composer's unique tags; a name of that form could collide with one.
 _UNIQUE_TAG_FORM = re.compile(r"-[0-9a-f]{12}\Z")
 
@@ -103,8 +105,8 @@ def check_name(name: str) -> str:
             f"name {name!r} is not a valid OCI tag",
             "use letters, digits, '_', '.' and '-' (not first), no '/' or spaces",
         )
-    if name.startswith(("spec-", "sha256-", "run-")):
-        raise UsageError(f"name {name!r} uses a prefix composer reserves", "pick a name not starting with spec-, sha256- or run-")
+    if name.startswith(RESERVED_PREFIXES):
+        raise UsageError(f"name {name!r} uses a prefix composer reserves", f"pick a name not starting with {', '.join(RESERVED_PREFIXES)}")
     if _UNIQUE_TAG_FORM.search(name):
         raise UsageError(f"name {name!r} ends like one of composer's unique tags (-<12 hex digits>)", "change or drop that suffix")
     return name

@@ -340,11 +340,13 @@ class Registry:
         assert problem is not None
         raise problem
 
-    def delete_manifest(self, repo: str, digest: str) -> bool:
-        """Delete a manifest by digest; False when the registry does not allow deletes."""
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest by digest (its tags go with it); already gone is fine."""
         resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", scope=f"repository:{repo}:delete",
                              allow=(202, 404, 405))
-        return resp.status_code == 202
+        if resp.status_code == 405:
+            raise RegistryError(f"registry {self.host} does not allow deletes",
+                                "enable them (distribution: storage.delete.enabled: true)")
 
     # -- referrers -----------------------------------------------------------------
     def referrers(self, repo: str, digest: str, artifact_type: Optional[str] = None) -> List[Descriptor]:

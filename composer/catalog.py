@@ -1,0 +1,132 @@
+"""What is in the registry, and keeping it tidy: ls, history, aliases and gc."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from typing import Dict, List, Optional, Set
+
+from .compose import env_repository, resolve
+from .config import Settings
+from .errors import NotFoundError, UsageError
+from .history import Version, append_version, read_history, rewrite_history
+from .names import RESERVED_PREFIXES, check_name
+from .records import RUN_RECORD_TYPE, find_build_records, read_record
+from .registry import Registry
+from .resolver import RUNS_REPOSITORY, registry_for
+
+_UNIQUE = re.compile(r"-[0-9a-f]{12}\Z")
+
+
+def names(reg: Registry, repo: str) -> List[str]:
+    """Environment names and aliases: the tags that are not composer's own bookkeeping."""
+    return [t for t in reg.tags(repo) if not t.startswith(RESERVED_PREFIXES) and not _UNIQUE.search(t)]
+
+
+def history(settings: Settings, name: str) -> List[dict]:
+    check_name(name)
+    reg = registry_for(settings)
+    versions = read_history(reg, env_repository(settings), name)
+    if not versions:
+        raise NotFoundError(f"no environment or alias named {name!r} in {settings.registry}", "see composer ls")
+    return [v.to_json() for v in versions]
+
+
+def set_alias(settings: Settings, alias: str, target: str) -> dict:
+    """Point alias at target (NAME or NAME@N) and record the move in the alias's history."""
+    check_name(alias)
+    reg = registry_for(settings)
+    repo = env_repository(settings)
+    target_name = target.partition("@")[0]
+    if alias == target_name:
+        raise UsageError(f"alias {alias!r} cannot point at itself", "pick another alias name")
+    if any(r[0].get("name") == alias for d in _current_digest(reg, repo, alias) for r in find_build_records(reg, repo, d)):
+        raise UsageError(f"{alias!r} is an environment name, not an alias", "pick another alias name")
+    ref, record, record_digest = resolve(settings, target)
+    digest = ref.split("@", 1)[1]
+    image = reg.head_manifest(repo, digest)
+    assert image is not None  # resolve just read it
+    version = append_version(reg, repo, alias, image, record_digest, record["spec_hash"], "alias", alias_of=record["name"])
+    reg.tag(repo, digest, alias)  # after its history entry, as for names
+    return {"alias": alias, "ref": ref, "alias_of": record["name"], "version": version.number, "record": record_digest}
+
+
+def _current_digest(reg: Registry, repo: str, name: str) -> List[str]:
+    desc = reg.head_manifest(repo, name)
+    return [desc.digest] if desc else []
+
+
+def ls(settings: Settings) -> List[dict]:
+    reg = registry_for(settings)
+    repo = env_repository(settings)
+    out = []
+    for name in names(reg, repo):
+        ref, record, record_digest = resolve(settings, name)
+        manifest = json.loads(reg.get_manifest(repo, ref.split("@", 1)[1])[0])
+        size = manifest["config"]["size"] + sum(l["size"] for l in manifest.get("layers", []))
+        out.append({
+            "name": name, "ref": ref, "digest": ref.split("@", 1)[1], "record": record_digest,
+            "alias_of": record["name"] if record["name"] != name else None,
+            "upstream_run": record["upstream"]["run"], "base_digest": record["base"]["digest"],
+            "created": record["created"], "size": size,
+        })
+    return out
+
+
+def _age_days(stamp: str) -> float:
+    try:
+        then = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0  # unknown age: treat as new, never delete on a guess
+    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds() / 86400
+
+
+def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> dict:
+    """Retire versions beyond the newest `keep` of each name AND older than the given age.
+
+    Never removes an image that a name or alias points at now, a kept version of any
+    name, the base of a kept composition, or the image a run record names.
+    """
+    if keep < 1:
+        raise UsageError(f"--keep {keep} would remove what names point at", "keep at least 1")
+    reg = registry_for(settings)
+    repo = env_repository(settings)
+    histories: Dict[str, List[Version]] = {}
+    protected: Set[str] = set()
+    candidates: Set[str] = set()
+    for name in names(reg, repo):
+        histories[name] = read_history(reg, repo, name)
+        protected.update(_current_digest(reg, repo, name))
+        for i, v in enumerate(histories[name]):
+            if i >= len(histories[name]) - keep or _age_days(v.created) < older_than_days:
+                protected.add(v.image.digest)
+            else:
+                candidates.add(v.image.digest)
+    # Bases of kept compositions (a composed environment used as another's upstream).
+    for digest in list(protected):
+        for record, _ in find_build_records(reg, repo, digest):
+            protected.add(record["base"]["digest"])
+    # Images that run records name: those runs must stay composable.
+    runs_repo = settings.repository(RUNS_REPOSITORY)
+    for tag in reg.tags(runs_repo):
+        got = read_record(reg, runs_repo, tag, RUN_RECORD_TYPE)
+        if got:
+            protected.add(got[0]["image"]["digest"])
+    doomed = sorted(candidates - protected)
+    report = {"dry_run": dry_run, "deleted": doomed, "kept": len(protected), "names": sorted(histories)}
+    if dry_run or not doomed:
+        return report
+    # Histories first: after a crash nothing refers to a deleted image; at worst an orphan stays.
+    for name, versions in histories.items():
+        kept = [v for v in versions if v.image.digest not in doomed]
+        if len(kept) != len(versions):
+            rewrite_history(reg, repo, name, kept)
+    for digest in doomed:
+        for desc in reg.referrers(repo, digest):
+            reg.delete_manifest(repo, desc.digest)
+        index = reg.head_manifest(repo, "sha256-" + digest.split(":", 1)[1])
+        if index:
+            reg.delete_manifest(repo, index.digest)
+        reg.delete_manifest(repo, digest)  # with it go its unique and spec tags
+    return report

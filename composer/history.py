@@ -1,0 +1,94 @@
+"""Names over time: every version a name (or alias) pointed to, kept in the registry.
+
+A name's history is an OCI image index at tag hist-<name> in the environments
+repository. Its entries are the image manifests the name has pointed to, oldest
+first, annotated with the version number, the record, the spec hash, when and
+why it moved. Because the index references them, every version stays in the
+registry and resolvable (NAME@N, or by digest) until `composer gc` retires it.
+
+An alias (latest, stable, ...) is a name that only moves when asked; its entries
+also say which name and version it was pointed at (dev.composer.alias-of).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import List, Optional
+
+from .canonical import canonical_json
+from .errors import RegistryError
+from .records import utc_now
+from .registry import OCI_INDEX, Descriptor, Registry
+
+A_VERSION = "dev.composer.version"
+A_RECORD = "dev.composer.record"
+A_SPEC = "dev.composer.spec-hash"
+A_CREATED = "org.opencontainers.image.created"
+A_ALIAS_OF = "dev.composer.alias-of"
+A_REASON = "dev.composer.reason"
+
+
+def history_tag(name: str) -> str:
+    return f"hist-{name}"
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    image: Descriptor
+    record: str
+    spec_hash: str
+    created: str
+    reason: str
+    alias_of: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return {"version": self.number, "digest": self.image.digest, "record": self.record, "spec_hash": self.spec_hash,
+                "created": self.created, "reason": self.reason, "alias_of": self.alias_of}
+
+
+def _parse(entry: dict) -> Version:
+    a = entry.get("annotations") or {}
+    return Version(int(a.get(A_VERSION, 0)), Descriptor(entry["mediaType"], entry["digest"], int(entry["size"])),
+                   a.get(A_RECORD, ""), a.get(A_SPEC, ""), a.get(A_CREATED, ""), a.get(A_REASON, ""), a.get(A_ALIAS_OF))
+
+
+def read_history(reg: Registry, repo: str, name: str) -> List[Version]:
+    got = reg.get_manifest(repo, history_tag(name))
+    if got is None:
+        return []
+    return [_parse(m) for m in json.loads(got[0]).get("manifests", [])]
+
+
+def append_version(reg: Registry, repo: str, name: str, image: Descriptor, record: str, spec_hash: str,
+                   reason: str, alias_of: Optional[str] = None) -> Version:
+    """Add a version unless the newest one already is this image (and alias target); returns the newest."""
+    for _ in range(5):
+        got = reg.get_manifest(repo, history_tag(name))
+        index = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
+                                                 "annotations": {"dev.composer.history": name}}
+        versions = [_parse(m) for m in index["manifests"]]
+        if versions and versions[-1].image.digest == image.digest and versions[-1].alias_of == alias_of:
+            return versions[-1]
+        number = (versions[-1].number if versions else 0) + 1
+        annotations = {A_VERSION: str(number), A_RECORD: record, A_SPEC: spec_hash, A_CREATED: utc_now(), A_REASON: reason}
+        if alias_of:
+            annotations[A_ALIAS_OF] = alias_of
+        index["manifests"].append({"mediaType": image.media_type, "digest": image.digest, "size": image.size,
+                                   "annotations": annotations})
+        reg.put_manifest(repo, history_tag(name), canonical_json(index), OCI_INDEX)
+        check = read_history(reg, repo, name)  # a concurrent writer may have replaced ours
+        if check and check[-1].number == number and check[-1].image.digest == image.digest:
+            return check[-1]
+    raise RegistryError(f"could not update the history of {name!r}", "retry the command")
+
+
+def rewrite_history(reg: Registry, repo: str, name: str, keep: List[Version]) -> None:
+    """Replace the history with the kept versions (gc); numbers stay as they were."""
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "annotations": {"dev.composer.history": name}, "manifests": [
+        {"mediaType": v.image.media_type, "digest": v.image.digest, "size": v.image.size, "annotations": {
+            k: val for k, val in {A_VERSION: str(v.number), A_RECORD: v.record, A_SPEC: v.spec_hash, A_CREATED: v.created,
+                                  A_REASON: v.reason, A_ALIAS_OF: v.alias_of}.items() if val}}
+        for v in keep]}
+    reg.put_manifest(repo, history_tag(name), canonical_json(index), OCI_INDEX)
