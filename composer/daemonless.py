@@ -30,18 +30,20 @@ caller falls back to BuildKit.
 from __future__ import annotations
 
 import base64
+import collections
 import csv
 import datetime as _dt
-import gzip
 import hashlib
 import io
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -64,6 +66,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 # 1980-01-01T00:00:00Z, the earliest time a zip (hence a wheel) can hold.
 DEFAULT_EPOCH = 315532800
 GZIP_LEVEL = 6  # what Docker and BuildKit use by default
+GZIP_BLOCK = 1 << 20  # uncompressed bytes per independently deflated block: part of the output format
 ZSTD_LEVEL = 3
 HISTORY_COMMENT = "composer.daemonless.v1"
 UV_TIMEOUT = int(os.environ.get("COMPOSER_UV_TIMEOUT", "1800"))
@@ -391,10 +394,77 @@ def zstd_module() -> Optional[str]:
         return None
 
 
+class ParallelGzip:
+    """A gzip stream compressed on several cores, with the same bytes whatever their number.
+
+    The input is cut into fixed blocks; each block is deflated on its own (primed with the
+    previous block's last 32 KiB, so matches may reach back across the cut) and ends on a
+    byte boundary (sync flush), so the raw deflate pieces concatenate into one valid stream,
+    as pigz does. Output depends only on the input, GZIP_BLOCK and the level: no file name,
+    mtime 0, OS byte 255 in the header."""
+
+    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+    def __init__(self, out: BinaryIO, level: int = GZIP_LEVEL, workers: Optional[int] = None, block: int = GZIP_BLOCK):
+        self.out, self.level, self.block = out, level, block
+        self.workers = max(1, workers or min(os.cpu_count() or 1, 8))
+        self.pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
+        self.pending: "collections.deque" = collections.deque()
+        self.buf = bytearray()
+        self.tail = b""
+        self.crc = 0
+        self.size = 0
+        self.closed = False
+        out.write(self.HEADER)
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self.buf += data
+        while len(self.buf) >= self.block:
+            chunk = bytes(self.buf[: self.block])
+            del self.buf[: self.block]
+            self._submit(chunk, False)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def _submit(self, chunk: bytes, last: bool) -> None:
+        zdict, self.tail = self.tail, chunk[-32768:]
+        if self.pool is None:
+            self.out.write(_deflate_block(chunk, zdict, self.level, last))
+            return
+        self.pending.append(self.pool.submit(_deflate_block, chunk, zdict, self.level, last))
+        while len(self.pending) > 2 * self.workers:  # bounded memory, output in order
+            self.out.write(self.pending.popleft().result())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self._submit(bytes(self.buf), True)
+            self.buf = bytearray()
+            while self.pending:
+                self.out.write(self.pending.popleft().result())
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+        self.out.write(struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF))
+
+
+def _deflate_block(chunk: bytes, zdict: bytes, level: int, last: bool) -> bytes:
+    if zdict:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, zdict)
+    else:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY)
+    return c.compress(chunk) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
 def _compressor(out: BinaryIO, compression: str):
     if compression == "gzip":
-        # No file name and mtime 0 in the header: the same tar gives the same bytes.
-        return gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=GZIP_LEVEL)
+        return ParallelGzip(out)
     module = zstd_module()
     if module == "compression.zstd":
         from compression import zstd  # type: ignore

@@ -186,3 +186,19 @@ def test_scheme_base(site, base):
 def test_unknown_site_packages_layout_needs_buildkit(site):
     with pytest.raises(dl.NeedsBuildKit):
         dl.layout_for({"python": {"site_packages": site, "executable": "/x/python"}})
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])
+def test_parallel_gzip_same_bytes_whatever_the_workers(size):
+    data = (b"composer " * 1000 + bytes(range(256)) * 20)[: size] if size < 12000 else (bytes(range(256)) * 100)[:size]
+    outs = []
+    for workers in (1, 2, 5):
+        out = io.BytesIO()
+        z = dl.ParallelGzip(out, workers=workers, block=4096)
+        for i in range(0, len(data), 1000):
+            z.write(data[i : i + 1000])
+        z.close()
+        outs.append(out.getvalue())
+    assert outs[0] == outs[1] == outs[2]
+    assert gzip.decompress(outs[0]) == data
+    assert outs[0][:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
