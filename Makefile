@@ -41,6 +41,11 @@ unit: venv
 integration: venv base
 	$(PY) -m pytest -q -ra tests/integration
 
+# Side-by-side timings (naive docker build, composer BuildKit, cache hit, daemonless, floor);
+# BENCH_ARGS e.g. "--runs 5 --sizes small". Writes bench-results.json.
+bench: venv base
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
 stop:
 	scripts/infra.sh stop
 

@@ -1,0 +1,552 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: five ways to put extra packages on an upstream image, in one run.
+
+Rows (each a real build and push, never a cache hit, except the one named so):
+  naive       Dockerfile `FROM upstream` + `COPY requirements.txt` + `RUN pip install
+              --no-cache-dir -r requirements.txt` (CA as a secret mount); `docker build
+              --no-cache` (Docker's built-in BuildKit) + `docker push`.
+  buildkit    `python -m composer build --builder docker` (lock, Dockerfile, BuildKit, push,
+              records, tags): the whole CLI.
+  cache-hit   the same `composer build` again: the whole CLI, answering "cached".
+  daemonless  composer's daemonless builder (lock + composer.daemonless.build_and_push) in a
+              fresh process; it publishes no build record (the CLI rows do, a few small PUTs).
+  floor       `uv pip install --target` of the same lock + `tar | gzip -n` + one blob
+              POST/PUT: the least any approach must do.
+
+Every round gets its own upstream image (the shared venv upstream made with
+scripts/make-upstream.sh plus one tiny layer of its own, so no BuildKit cache can answer
+for the composer build) recorded in fresh registry prefixes. One untimed warm-up round
+fills uv's caches (the host's, and the BuildKit cache mount composer's Dockerfile uses);
+the naive build has no cache to warm (it downloads every time, as such builds do).
+
+Bytes are counted by a forwarding proxy in front of the registry (its own process):
+"pushed" is request bodies (POST/PUT/PATCH), "pulled" response bodies of GETs.
+
+  scripts/bench.py [--runs 3] [--sizes small,large] [--out bench-results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SIZES = {
+    "small": ["six==1.17.0", "iniconfig==2.0.0"],
+    "large": ["pandas==2.2.3", "scikit-learn==1.5.2"],
+}
+UPSTREAM_PINS = ["attrs==23.1.0", "packaging==23.2"]
+RUN_ID = "Bench/1"
+ROWS = ["naive", "buildkit", "cache-hit", "daemonless", "floor"]
+LABELS = {
+    "naive": "naive: docker build --no-cache + push",
+    "buildkit": "composer build (BuildKit)",
+    "cache-hit": "composer build, cache hit",
+    "daemonless": "composer daemonless",
+    "floor": "floor: uv --target + tar|gzip + 1 blob",
+}
+CA = os.environ.get("COMPOSER_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
+DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else (shutil.which("docker") or "docker")
+TIMEOUT = 3600
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+# -- the counting proxy (runs in its own process: `bench.py --serve-proxy HOST:PORT`) ------------
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
+
+
+class _CountingProxy(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str):
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        host, _, port = upstream.partition(":")
+        self.upstream = (host, int(port or 80))
+        self.lock = threading.Lock()
+        self.stats: Dict[str, int] = {}
+
+    def count(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                self.stats[k] = self.stats.get(k, 0) + v
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self):
+        self._forward()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _control(self) -> None:
+        if self.path == "/__bench/reset":
+            with self.server.lock:
+                self.server.stats = {}
+        with self.server.lock:
+            body = json.dumps(self.server.stats).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _forward(self) -> None:
+        if self.path.startswith("/__bench/"):
+            return self._control()
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        length = int(self.headers.get("Content-Length") or 0)
+        conn = http.client.HTTPConnection(*self.server.upstream, timeout=600)
+        conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        for k, v in self.headers.items():
+            if k.lower() not in _HOP:
+                conn.putheader(k, v)
+        if chunked:
+            conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        sent = 0
+        if chunked:
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    conn.send(b"0\r\n\r\n")
+                    break
+                data = self.rfile.read(size)
+                self.rfile.readline()
+                conn.send(b"%x\r\n%s\r\n" % (size, data))
+                sent += size
+        else:
+            left = length
+            while left > 0:
+                data = self.rfile.read(min(left, 1 << 20))
+                if not data:
+                    break
+                conn.send(data)
+                sent += len(data)
+                left -= len(data)
+        resp = conn.getresponse()
+        self.send_response_only(resp.status, resp.reason)
+        no_body = self.command == "HEAD" or resp.status in (204, 304) or resp.status < 200
+        resp_length = resp.getheader("Content-Length")
+        for k, v in resp.getheaders():
+            if k.lower() not in _HOP:
+                self.send_header(k, v)
+        if not no_body and resp_length is None:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        got = 0
+        if not no_body:
+            while True:
+                data = resp.read(1 << 20)
+                if not data:
+                    break
+                got += len(data)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if resp_length is None else data)
+            if resp_length is None:
+                self.wfile.write(b"0\r\n\r\n")
+        conn.close()
+        m = self.command
+        self.server.count(**{"requests": 1, f"{m}_requests": 1, f"{m}_request_bytes": sent, f"{m}_response_bytes": got})
+
+
+def serve_proxy(upstream: str) -> None:
+    server = _CountingProxy(upstream)
+    print(server.server_address[1], flush=True)
+    server.serve_forever(poll_interval=0.2)
+
+
+class Proxy:
+    def __init__(self, upstream: str):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-proxy", upstream], stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            raise SystemExit(f"bench: the counting proxy did not start ({line!r})")
+        self.host = f"127.0.0.1:{line}"
+
+    def reset(self) -> None:
+        requests.post(f"http://{self.host}/__bench/reset", timeout=10).raise_for_status()
+
+    def stats(self) -> Dict[str, int]:
+        return requests.get(f"http://{self.host}/__bench/stats", timeout=10).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# -- helpers --------------------------------------------------------------------------------
+def sh(cmd: List[str], *, env: Optional[dict] = None, cwd=None, input_text: Optional[str] = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
+                          input=input_text, timeout=TIMEOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:4])}... failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def composer(*args: str, registry: str) -> dict:
+    out = sh([sys.executable, "-m", "composer", *args, "--json"],
+             env={"COMPOSER_REGISTRY": registry, "COMPOSER_PROGRESS": "quiet"}, cwd=str(ROOT))
+    return json.loads(out.stdout)
+
+
+def manifest_sizes(registry: str, repo: str, ref: str, base_layers: set) -> dict:
+    """Image size (config + layers, compressed, as stored) and the new layers' size."""
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    r = requests.get(f"http://{registry}/v2/{repo}/manifests/{ref}", headers={"Accept": accept}, timeout=30)
+    r.raise_for_status()
+    m = r.json()
+    layers = m.get("layers", [])
+    return {
+        "image_bytes": m["config"]["size"] + sum(l["size"] for l in layers),
+        "added_layer_bytes": sum(l["size"] for l in layers if l["digest"] not in base_layers),
+        "layers": len(layers),
+    }
+
+
+def upstream_layers(registry: str, repo: str, tag: str) -> set:
+    accept = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+    r = requests.get(f"http://{registry}/v2/{repo}/manifests/{tag}", headers={"Accept": accept}, timeout=30)
+    r.raise_for_status()
+    return {l["digest"] for l in r.json()["layers"]}
+
+
+# -- one round ---------------------------------------------------------------------------------
+class Round:
+    """Fresh prefixes and a fresh upstream image (its own tiny layer) for one round of rows."""
+
+    def __init__(self, bench: "Bench", size: str):
+        self.bench, self.size = bench, size
+        self.rid = uuid.uuid4().hex[:10]
+        p = bench.proxy.host
+        self.ns = f"bench-{self.rid}"
+        self.upstream = f"{p}/{self.ns}/upstream:1"
+        self.prefix_bk = f"{p}/{self.ns}-bk"
+        self.prefix_dl = f"{p}/{self.ns}-dl"
+        ctx = bench.tmp / f"up-{self.rid}"
+        ctx.mkdir()
+        (ctx / "round-id").write_text(self.rid + "\n")
+        (ctx / "Dockerfile").write_text(f"FROM {bench.shared_upstream}\nCOPY round-id /etc/bench-round-id\n")
+        sh([DOCKER, "build", "-q", "-t", self.upstream, str(ctx)], env={"DOCKER_BUILDKIT": "1"})
+        sh([DOCKER, "push", self.upstream])
+        composer("record", "--run", RUN_ID, "--image", self.upstream, registry=self.prefix_bk)
+        composer("record", "--run", RUN_ID, "--image", self.upstream, registry=self.prefix_dl)
+        self.base_layers = upstream_layers(bench.registry, f"{self.ns}/upstream", "1")
+
+    def cleanup(self) -> None:
+        out = subprocess.run([DOCKER, "images", "--format", "{{.Repository}}:{{.Tag}}|{{.ID}}"], capture_output=True, text=True).stdout
+        ids = sorted({line.split("|")[1] for line in out.splitlines() if line.startswith(f"{self.bench.proxy.host}/{self.ns}")})
+        if ids:
+            subprocess.run([DOCKER, "rmi", "-f", *ids], capture_output=True)
+
+    # -- rows: each returns what it produced; the caller times it and reads the proxy ----------
+    def naive(self) -> dict:
+        ctx = self.bench.tmp / f"naive-{self.rid}"
+        ctx.mkdir()
+        (ctx / "requirements.txt").write_text("\n".join(SIZES[self.size]) + "\n")
+        (ctx / "Dockerfile").write_text(
+            f"FROM {self.upstream}\n"
+            "COPY requirements.txt /tmp/requirements.txt\n"
+            "RUN --mount=type=secret,id=ca PIP_CERT=/run/secrets/ca "
+            "pip install --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt\n"
+        )
+        tag = f"{self.bench.proxy.host}/{self.ns}-naive/img:1"
+        sh([DOCKER, "build", "--no-cache", "--progress", "plain", "--secret", f"id=ca,src={CA}", "-t", tag, str(ctx)],
+           env={"DOCKER_BUILDKIT": "1"})
+        pushed = sh([DOCKER, "push", tag]).stdout
+        digest = next((w for line in pushed.splitlines() for w in line.split() if w.startswith("sha256:")), "")
+        return {"repo": f"{self.ns}-naive/img", "ref": digest or "1", "digest": digest}
+
+    def buildkit(self) -> dict:
+        out = composer("build", "--upstream-run", RUN_ID, "--extra", str(self.bench.extras[self.size]),
+                       "--builder", "docker", "--name", "bench", registry=self.prefix_bk)
+        assert out["cached"] is False, out
+        return {"repo": f"{self.ns}-bk/envs", "ref": out["digest"], "digest": out["digest"]}
+
+    def cache_hit(self) -> dict:
+        out = composer("build", "--upstream-run", RUN_ID, "--extra", str(self.bench.extras[self.size]),
+                       "--builder", "docker", "--name", "bench", registry=self.prefix_bk)
+        assert out["cached"] is True, out
+        return {"repo": f"{self.ns}-bk/envs", "ref": out["digest"], "digest": out["digest"]}
+
+    def daemonless(self) -> dict:
+        out = sh([sys.executable, __file__, "--daemonless-once", "--registry", self.prefix_dl, "--run", RUN_ID,
+                  "--extras", str(self.bench.extras[self.size])], cwd=str(ROOT))
+        got = json.loads(out.stdout)
+        return {"repo": f"{self.ns}-dl/envs", "ref": got["digest"], "digest": got["digest"], "transfers": got["transfers"],
+                "inner": {"lock_s": got["lock_s"], "build_and_push_s": got["build_and_push_s"]}}
+
+    def floor(self) -> dict:
+        target = self.bench.tmp / f"floor-{self.rid}"
+        lockfile = self.bench.lockfiles[self.size]
+        up = self.bench.upstream_record
+        sh([self.bench.uv, "pip", "install", "--target", str(target), "--python-platform", up["platform"]["python_platform"],
+            "--python-version", up["python"]["version"], "--only-binary", ":all:", "--no-deps", "--require-hashes",
+            "--quiet", "-r", str(lockfile)], env=self.bench.uv_env)
+        layer = self.bench.tmp / f"floor-{self.rid}.tar.gz"
+        with open(layer, "wb") as out:
+            tar = subprocess.Popen(["tar", "--sort=name", "-C", str(target), "-cf", "-", "."], stdout=subprocess.PIPE)
+            gz = subprocess.run(["gzip", "-6", "-n"], stdin=tar.stdout, stdout=out)
+            tar.stdout.close()
+            if tar.wait() or gz.returncode:
+                raise SystemExit("bench: floor tar | gzip failed")
+        h = hashlib.sha256()
+        with open(layer, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = "sha256:" + h.hexdigest()
+        repo = f"{self.ns}-floor/layer"
+        start = requests.post(f"http://{self.bench.proxy.host}/v2/{repo}/blobs/uploads/", timeout=60)
+        assert start.status_code == 202, start.text
+        loc = start.headers["Location"]
+        loc = loc if loc.startswith("http") else f"http://{self.bench.proxy.host}{loc}"
+        with open(layer, "rb") as f:
+            put = requests.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data=f,
+                               headers={"Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
+        assert put.status_code == 201, put.text
+        return {"digest": digest, "image_bytes": layer.stat().st_size, "added_layer_bytes": layer.stat().st_size, "layers": 1}
+
+
+# -- the whole benchmark -----------------------------------------------------------------------
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.registry = args.registry
+        self.tmp = Path(tempfile.mkdtemp(prefix="composer-bench-"))
+        self.proxy = Proxy(self.registry)
+        self.extras: Dict[str, Path] = {}
+        self.lockfiles: Dict[str, Path] = {}
+        self.upstream_record: dict = {}
+        from composer.config import load_settings
+        from composer.lock import uv_binary, uv_env
+
+        self.uv = uv_binary()
+        self.uv_env = uv_env(load_settings({"registry": self.registry}))
+
+    def setup(self) -> None:
+        base_repo_tag = self.args.base_ref.split("/", 1)[1]
+        sh([str(ROOT / "scripts" / "make-base.sh"), self.args.base_ref])
+        self.shared_upstream = f"{self.proxy.host}/bench/upstream:attrs23"
+        log(f"upstream (venv, {' '.join(UPSTREAM_PINS)}) via scripts/make-upstream.sh -> {self.shared_upstream}")
+        sh([str(ROOT / "scripts" / "make-upstream.sh"), self.shared_upstream, f"{self.proxy.host}/{base_repo_tag}", *UPSTREAM_PINS])
+
+    def prepare_size(self, size: str, round_: Round) -> None:
+        """The extras file, and the lock the floor installs (same as composer's: untimed)."""
+        from composer.config import load_settings
+        from composer.lock import lock_extras
+        from composer.resolver import load_run
+
+        path = self.tmp / f"extras-{size}.txt"
+        path.write_text("\n".join(SIZES[size]) + "\n")
+        self.extras[size] = path
+        settings = load_settings({"registry": round_.prefix_dl})
+        record, _ = load_run(settings, RUN_ID)
+        self.upstream_record = record
+        lock = lock_extras(settings, SIZES[size], record, RUN_ID)
+        self.lockfiles[size] = self.tmp / f"lock-{size}.txt"
+        self.lockfiles[size].write_text(lock.added_lock_text())
+        self.locked = [f"{p['name']}=={p['version']}" for p in lock.added]
+
+    def measure(self, round_: Round, row: str) -> dict:
+        fn: Callable[[], dict] = {"naive": round_.naive, "buildkit": round_.buildkit, "cache-hit": round_.cache_hit,
+                                  "daemonless": round_.daemonless, "floor": round_.floor}[row]
+        self.proxy.reset()
+        t0 = time.perf_counter()
+        out = fn()
+        wall = time.perf_counter() - t0
+        stats = self.proxy.stats()
+        result = {
+            "wall_s": round(wall, 3),
+            "bytes_pushed": sum(stats.get(f"{m}_request_bytes", 0) for m in ("POST", "PUT", "PATCH")),
+            "bytes_pulled": stats.get("GET_response_bytes", 0),
+            "requests": stats.get("requests", 0),
+            "digest": out.get("digest"),
+        }
+        if "repo" in out:
+            result.update(manifest_sizes(self.registry, out["repo"], out["ref"], round_.base_layers))
+        else:
+            result.update({k: out[k] for k in ("image_bytes", "added_layer_bytes", "layers")})
+        if "inner" in out:
+            result.update(out["inner"])
+        if "transfers" in out:
+            result["base_layers"] = {a: sum(1 for t in out["transfers"] if t["action"] == a and t["digest"] in round_.base_layers)
+                                     for a in ("present", "mounted", "copied", "uploaded")}
+        return result
+
+    def run_size(self, size: str) -> dict:
+        runs = self.args.runs
+        log(f"{size}: {' '.join(SIZES[size])}: warm-up round (untimed: fills uv's caches)")
+        warm = Round(self, size)
+        self.prepare_size(size, warm)
+        for row in ("buildkit", "daemonless", "floor"):
+            self.measure(warm, row)
+        warm.cleanup()
+        rows: Dict[str, List[dict]] = {r: [] for r in ROWS}
+        for i in range(runs):
+            round_ = Round(self, size)
+            for row in ROWS:
+                log(f"{size}: run {i + 1}/{runs}: {row}")
+                rows[row].append(self.measure(round_, row))
+                log(f"{size}: run {i + 1}/{runs}: {row}: {rows[row][-1]['wall_s']:.2f} s, "
+                    f"{rows[row][-1]['bytes_pushed'] / 1e6:.2f} MB pushed")
+            round_.cleanup()
+        summary = {}
+        for row, results in rows.items():
+            summary[row] = {k: statistics.median(r[k] for r in results)
+                            for k in ("wall_s", "bytes_pushed", "bytes_pulled", "image_bytes", "added_layer_bytes")}
+        for row in ROWS:
+            for key in ("wall_s", "bytes_pushed"):
+                for ref in ("floor", "naive"):
+                    denom = summary[ref][key]
+                    summary[row][f"{key}_x_{ref}"] = round(summary[row][key] / denom, 3) if denom else None
+        daemonless_digests = {r["digest"] for r in rows["daemonless"]}
+        return {"extras": SIZES[size], "locked": self.locked, "runs": rows, "median": summary,
+                "daemonless_same_digest_every_run": len(daemonless_digests) == 1}
+
+    def close(self) -> None:
+        self.proxy.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def table(results: dict, runs: int) -> str:
+    lines = []
+    for size, res in results["sizes"].items():
+        lines.append("")
+        lines.append(f"{size}: extras {' '.join(res['extras'])} -> {len(res['locked'])} packages installed "
+                     f"({' '.join(res['locked'])})")
+        lines.append(f"median of {runs} runs; uv caches warmed by one untimed round (naive pip has no cache: it downloads)")
+        head = f"{'row':40} {'wall s':>8} {'x floor':>8} {'x naive':>8} {'pushed MB':>10} {'x floor':>8} {'x naive':>8} {'image MB':>9} {'new layer MB':>13}"
+        lines.append(head)
+        lines.append("-" * len(head))
+        for row in ROWS:
+            m = res["median"][row]
+            f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            lines.append(f"{LABELS[row]:40} {m['wall_s']:8.2f} {f(m['wall_s_x_floor']):>8} {f(m['wall_s_x_naive']):>8} "
+                         f"{m['bytes_pushed'] / 1e6:10.2f} {f(m['bytes_pushed_x_floor']):>8} {f(m['bytes_pushed_x_naive']):>8} "
+                         f"{m['image_bytes'] / 1e6:9.2f} {m['added_layer_bytes'] / 1e6:13.2f}")
+        lines.append(f"daemonless image digest identical in every run: {res['daemonless_same_digest_every_run']}")
+    return "\n".join(lines)
+
+
+# -- `--daemonless-once`: the daemonless row, in a process of its own -------------------------------
+def daemonless_once(registry: str, run: str, extras: str) -> None:
+    from composer import __version__, daemonless
+    from composer.canonical import digest_hex
+    from composer.config import load_settings
+    from composer.lock import lock_extras
+    from composer.names import parse_image_ref
+    from composer.requirements import read_extras
+    from composer.resolver import load_run, registry_for
+    from composer.spec import spec_document, spec_hash
+
+    t0 = time.perf_counter()
+    settings = load_settings({"registry": registry, "progress": "quiet"})
+    upstream, _ = load_run(settings, run)
+    lock = lock_extras(settings, read_extras(Path(extras)), upstream, run)
+    t1 = time.perf_counter()
+    base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
+    spec = spec_hash(spec_document(base_digest=base.digest, python=upstream["python"], platform=upstream["platform"],
+                                   packages=lock.packages, template="daemonless/1"))
+    labels = {
+        "org.opencontainers.image.base.name": base.name, "org.opencontainers.image.base.digest": base.digest,
+        "dev.composer.spec-hash": spec, "dev.composer.template": "daemonless/1", "dev.composer.version": __version__,
+    }
+    reg = registry_for(settings)
+    digest = daemonless.build_and_push(
+        settings=settings, reg=reg, repo=settings.repository("envs"), tag=f"bench-{digest_hex(spec)[:12]}", base=base,
+        upstream=upstream, lock=lock, spec_hash=spec, labels=labels, env={"COMPOSER_SPEC_HASH": spec},
+    )
+    t2 = time.perf_counter()
+    print(json.dumps({"digest": digest, "transfers": getattr(reg, "transfers", []),
+                      "lock_s": round(t1 - t0, 3), "build_and_push_s": round(t2 - t1, 3)}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="timed runs per row and size (median reported)")
+    p.add_argument("--sizes", default="small,large", help=f"comma list of {', '.join(SIZES)}")
+    p.add_argument("--out", default=str(ROOT / "bench-results.json"))
+    p.add_argument("--registry", default=os.environ.get("COMPOSER_TEST_REGISTRY_ADDR", "127.0.0.1:5000"))
+    p.add_argument("--base-ref", default=None)
+    p.add_argument("--serve-proxy", help=argparse.SUPPRESS)
+    p.add_argument("--daemonless-once", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--extras", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_proxy:
+        return serve_proxy(args.serve_proxy)
+    if args.daemonless_once:
+        return daemonless_once(args.registry, args.run, args.extras)
+    args.base_ref = args.base_ref or os.environ.get("COMPOSER_BASE_REF") or f"{args.registry}/bases/python:3.11-bookworm"
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown or args.runs < 1:
+        p.error(f"unknown size {unknown[0]!r}" if unknown else "--runs must be at least 1")
+
+    bench = Bench(args)
+    try:
+        bench.setup()
+        started = time.time()
+        results = {
+            "meta": {
+                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "runs": args.runs, "registry": args.registry, "base": args.base_ref, "upstream_pins": UPSTREAM_PINS,
+                "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                "docker": subprocess.run([DOCKER, "version", "--format", "{{.Client.Version}}/{{.Server.Version}}"],
+                                         capture_output=True, text=True).stdout.strip(),
+                "uv": subprocess.run([bench.uv, "--version"], capture_output=True, text=True).stdout.strip(),
+                "warm_up": "one untimed round of buildkit, daemonless and floor per size fills uv's host cache and "
+                           "the BuildKit cache mount; the naive pip build downloads every time (--no-cache-dir)",
+                "notes": [
+                    "wall_s: whole command as a user runs it (process start included)",
+                    "bytes_pushed: request bodies of POST/PUT/PATCH through a counting proxy in front of the registry",
+                    "bytes_pulled: GET response bodies through the proxy",
+                    "image_bytes: config + all layers (compressed, as stored); added_layer_bytes: layers not in the upstream",
+                    "the daemonless row publishes no build record or tags (the composer build rows do: a few small PUTs)",
+                    "each round has its own upstream image (one tiny layer of its own) and fresh registry prefixes",
+                ],
+            },
+            "sizes": {},
+        }
+        for size in sizes:
+            results["sizes"][size] = bench.run_size(size)
+        results["meta"]["duration_s"] = round(time.time() - started, 1)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(table(results, args.runs))
+        print(f"\nraw runs and medians: {args.out}")
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
