@@ -26,16 +26,28 @@ def build(
     update: bool = False,
     registry: Optional[str] = None,
     settings: Optional[Settings] = None,
+    upstream_step: Optional[str] = None,
 ) -> BuildResult:
-    """Compose (or find) the image for upstream_run + extra; see BuildResult for the fields."""
-    return _build(_settings(settings, registry), upstream_run, extra, name, variables, run_id, update)
+    """Compose (or find) the image for upstream_run + extra; see BuildResult for the fields.
+
+    upstream_run may be a Metaflow run pathspec (Flow/Run[/step]); upstream_step picks the step
+    whose environment to use when the run's steps used different ones."""
+    return _build(_settings(settings, registry), upstream_run, extra, name, variables, run_id, update,
+                  upstream_step=upstream_step)
 
 
 def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None) -> str:
     """REPO@sha256:... of the environment called name, checked against its record.
 
     Use it where a step's image is declared: @kubernetes(image=composer.ref("explainer-...")).
+    A name template (with {placeholders}, e.g. "explainer-{model}-{run_id}") names an environment
+    built later in the same run: it returns a LaunchRef, resolved when Metaflow launches the step
+    (see composer/metaflow_link.py).
     """
+    if "{" in name:  # Metaflow: resolved at launch
+        from .metaflow_link import LaunchRef
+
+        return LaunchRef(name, registry=registry, settings=settings)
     return resolve(_settings(settings, registry), name)[0]
 
 

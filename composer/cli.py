@@ -43,7 +43,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("build", help="compose an image: upstream environment + extras; prints its digest")
-    p.add_argument("--upstream-run", required=True, help="run whose environment to start from")
+    p.add_argument("--upstream-run", required=True, help="run whose environment to start from (a Metaflow run: Flow/Run[/step])")
+    p.add_argument("--upstream-step", help="Metaflow step whose environment to use, when the run's steps used different ones")
     p.add_argument("--extra", required=True, help="requirements.txt or pyproject.toml with the extra packages")
     p.add_argument("--name", help="environment name or template, e.g. 'explainer-{model}-{run_id}' (default compose-{upstream_run})")
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="value for a {KEY} in the name template")
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> dict:
         return {"run": rec["run"], "image": f"{rec['image']['repository']}@{rec['image']['digest']}",
                 "record": digest, "python": rec["python"]["version"], "distributions": len(rec["distributions"])}
     if args.command == "build":
-        result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update)
+        result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update,
+                               upstream_step=args.upstream_step)
         return result.to_json()
     if args.command in ("history", "alias", "ls", "gc"):
         from . import catalog

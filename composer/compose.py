@@ -80,6 +80,7 @@ def build(
     run_id: Optional[str] = None,
     update: bool = False,
     base_update: Optional[str] = None,
+    upstream_step: Optional[str] = None,
 ) -> BuildResult:
     """Compose upstream_run's environment + the extras under name (see the module's docstring).
 
@@ -87,6 +88,9 @@ def build(
     it points at now, after checking it still holds exactly the upstream's distributions.
     """
     settings.require_registry()
+    from .metaflow_link import with_step  # Metaflow: --upstream-step S is --upstream-run Flow/Run/S
+
+    upstream_run = with_step(upstream_run, upstream_step)
     requirements = read_extras(Path(extra))
     values = {"upstream_run": upstream_run, **({"run_id": run_id} if run_id else {}), **(variables or {})}
     name = render_name(name or DEFAULT_NAME, values)

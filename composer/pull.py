@@ -87,4 +87,7 @@ def pull(settings: Settings, name: str, use_docker: bool = True, in_image: Optio
         out["verified_running"] = True
     elif use_docker:
         out["pulled"] = pull_image(ref, record["spec_hash"])
+    from .metaflow_link import record_task_environment  # in a Metaflow task: link it to this environment
+
+    out["metaflow_task"] = record_task_environment(settings, out)
     return out

@@ -197,12 +197,22 @@ def record_run(settings: Settings, run_id: str, image_text: str, requirements: O
     return record, store_run_record(settings, record)
 
 
-def load_run(settings: Settings, run_id: str) -> Tuple[dict, str]:
+def load_run(settings: Settings, run_id: str, upstream_step: Optional[str] = None) -> Tuple[dict, str]:
     """The run record for run_id and its manifest digest; a clear error when there is none."""
+    # --- Metaflow (composer/metaflow_link.py): upstream_step makes Flow/Run into Flow/Run/step
+    from .metaflow_link import load_metaflow_run, with_step
+
+    run_id = with_step(run_id, upstream_step)
+    # --- end Metaflow
     reg = registry_for(settings)
     repo = settings.repository(RUNS_REPOSITORY)
     got = read_record(reg, repo, run_tag(run_id), RUN_RECORD_TYPE)
     if got is None:
+        # --- Metaflow: composer's own record first (above), then the environments the run's tasks registered
+        found = load_metaflow_run(settings, run_id)
+        if found is not None:
+            return found
+        # --- end Metaflow
         raise NotFoundError(
             f"no environment is recorded for run {run_id!r} in {settings.registry}",
             f"record one with: python -m composer record --run {run_id} --image REGISTRY/REPO:TAG",
