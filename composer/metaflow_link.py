@@ -289,7 +289,14 @@ def _running_task() -> Optional[Tuple[str, str, str, str, int, str]]:
     if not current.is_running_flow or not current.task_id:
         return None
     return (current.flow_name, str(current.run_id), current.step_name, str(current.task_id),
-            int(current.retry_count or 0), current.metadata_str)
+            int(current.retry_count or 0), _task_metadata_str())
+
+
+def _task_metadata_str() -> str:
+    """TYPE@INFO of the running task's metadata provider (what the client also defaults to in a task)."""
+    from metaflow import current
+
+    return getattr(current, "_metadata_str", None) or _metadata_str()
 
 
 def _task_provider(flow_name: str, metadata_str: str):
@@ -327,7 +334,7 @@ def task_environment() -> Dict[str, str]:
 
     if not current.is_running_flow or not current.task_id:
         raise UsageError("task_environment() is only meaningful inside a running Metaflow step", "call it from a step")
-    return {TASK_ENV: current.pathspec, ATTEMPT_ENV: str(current.retry_count or 0), METADATA_ENV: current.metadata_str}
+    return {TASK_ENV: current.pathspec, ATTEMPT_ENV: str(current.retry_count or 0), METADATA_ENV: _task_metadata_str()}
 
 
 def this_run() -> str:
