@@ -341,13 +341,11 @@ def this_run() -> str:
     """`Flow/RunId` of the run this process is part of: a task, or the process launching the run."""
     if not _have_metaflow():
         raise UsageError("this_run() needs metaflow", "pip install 'composer[metaflow]'")
-    from metaflow import current
-
-    flow, run_id = current.get("flow_name"), current.get("run_id")
-    if not flow or not run_id:
+    run = _current_run()
+    if not run:
         raise UsageError("not inside a Metaflow run (no flow name or run id yet)",
                          "call it from a step, or from a decorator attribute resolved when a step is launched")
-    return f"{flow}/{run_id}"
+    return run
 
 
 # --------------------------------------------------------------------------- launch-time refs
