@@ -10,8 +10,9 @@ Rows (each a real build and push, never a cache hit, except the one named so):
   cache-hit   the same `composer build` again: the whole CLI, answering "cached".
   daemonless  composer's daemonless builder (lock + composer.daemonless.build_and_push) in a
               fresh process; it publishes no build record (the CLI rows do, a few small PUTs).
-  floor       `uv pip install --target` of the same lock + `tar | gzip -n` + one blob
-              POST/PUT: the least any approach must do.
+  floor       `uv pip install --target` of the same lock + GNU tar + the same gzip as the
+              daemonless builder (level 6, all cores) + one blob POST/PUT: the least any
+              approach must do.
 
 Every round gets its own upstream image (the shared venv upstream made with
 scripts/make-upstream.sh plus one tiny layer of its own, so no BuildKit cache can answer
@@ -63,7 +64,7 @@ LABELS = {
     "buildkit": "composer build (BuildKit)",
     "cache-hit": "composer build, cache hit",
     "daemonless": "composer daemonless",
-    "floor": "floor: uv --target + tar|gzip + 1 blob",
+    "floor": "floor: uv --target + tar + gzip + 1 blob",
 }
 CA = os.environ.get("COMPOSER_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else (shutil.which("docker") or "docker")
@@ -231,6 +232,7 @@ def manifest_sizes(registry: str, repo: str, ref: str, base_layers: set) -> dict
         "image_bytes": m["config"]["size"] + sum(l["size"] for l in layers),
         "added_layer_bytes": sum(l["size"] for l in layers if l["digest"] not in base_layers),
         "layers": len(layers),
+        "new_layers": [l["digest"] for l in layers if l["digest"] not in base_layers],
     }
 
 
@@ -314,16 +316,28 @@ class Round:
             "--python-version", up["python"]["version"], "--only-binary", ":all:", "--no-deps", "--require-hashes",
             "--quiet", "-r", str(lockfile)], env=self.bench.uv_env)
         layer = self.bench.tmp / f"floor-{self.rid}.tar.gz"
+        # GNU tar, compressed by the same gzip the daemonless builder uses (level 6 on all cores):
+        # the floor is the same work with nothing else around it.
+        from composer.daemonless import ParallelGzip
+
+        h = hashlib.sha256()
+
+        class Hashed:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, data):
+                h.update(data)
+                return self.f.write(data)
+
         with open(layer, "wb") as out:
             tar = subprocess.Popen(["tar", "--sort=name", "-C", str(target), "-cf", "-", "."], stdout=subprocess.PIPE)
-            gz = subprocess.run(["gzip", "-6", "-n"], stdin=tar.stdout, stdout=out)
-            tar.stdout.close()
-            if tar.wait() or gz.returncode:
-                raise SystemExit("bench: floor tar | gzip failed")
-        h = hashlib.sha256()
-        with open(layer, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+            gz = ParallelGzip(Hashed(out))
+            for block in iter(lambda: tar.stdout.read(1 << 20), b""):
+                gz.write(block)
+            gz.close()
+            if tar.wait():
+                raise SystemExit("bench: floor tar failed")
         digest = "sha256:" + h.hexdigest()
         repo = f"{self.ns}-floor/layer"
         start = requests.post(f"http://{self.bench.proxy.host}/v2/{repo}/blobs/uploads/", timeout=60)
@@ -334,7 +348,8 @@ class Round:
             put = requests.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data=f,
                                headers={"Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
         assert put.status_code == 201, put.text
-        return {"digest": digest, "image_bytes": layer.stat().st_size, "added_layer_bytes": layer.stat().st_size, "layers": 1}
+        return {"digest": digest, "image_bytes": layer.stat().st_size, "added_layer_bytes": layer.stat().st_size, "layers": 1,
+                "new_layers": [digest]}
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
@@ -395,7 +410,7 @@ class Bench:
         if "repo" in out:
             result.update(manifest_sizes(self.registry, out["repo"], out["ref"], round_.base_layers))
         else:
-            result.update({k: out[k] for k in ("image_bytes", "added_layer_bytes", "layers")})
+            result.update({k: out[k] for k in ("image_bytes", "added_layer_bytes", "layers", "new_layers")})
         if "inner" in out:
             result.update(out["inner"])
         if "transfers" in out:
@@ -430,8 +445,12 @@ class Bench:
                     denom = summary[ref][key]
                     summary[row][f"{key}_x_{ref}"] = round(summary[row][key] / denom, 3) if denom else None
         daemonless_digests = {r["digest"] for r in rows["daemonless"]}
+        # A real build every run: BuildKit's and pip's layers are not reproducible, so a layer seen
+        # in an earlier run would mean a cache answered.
+        fresh = {row: len({d for r in rows[row] for d in r["new_layers"]}) == sum(len(r["new_layers"]) for r in rows[row])
+                 for row in ("naive", "buildkit")}
         return {"extras": SIZES[size], "locked": self.locked, "runs": rows, "median": summary,
-                "daemonless_same_digest_every_run": len(daemonless_digests) == 1}
+                "daemonless_same_digest_every_run": len(daemonless_digests) == 1, "new_layers_every_run": fresh}
 
     def close(self) -> None:
         self.proxy.stop()
@@ -454,7 +473,11 @@ def table(results: dict, runs: int) -> str:
             lines.append(f"{LABELS[row]:40} {m['wall_s']:8.2f} {f(m['wall_s_x_floor']):>8} {f(m['wall_s_x_naive']):>8} "
                          f"{m['bytes_pushed'] / 1e6:10.2f} {f(m['bytes_pushed_x_floor']):>8} {f(m['bytes_pushed_x_naive']):>8} "
                          f"{m['image_bytes'] / 1e6:9.2f} {m['added_layer_bytes'] / 1e6:13.2f}")
-        lines.append(f"daemonless image digest identical in every run: {res['daemonless_same_digest_every_run']}")
+        inner = res["runs"]["daemonless"]
+        lines.append(f"daemonless inside its process: lock {statistics.median(r['lock_s'] for r in inner):.2f} s + "
+                     f"build_and_push {statistics.median(r['build_and_push_s'] for r in inner):.2f} s; base layers "
+                     f"{inner[-1]['base_layers']}; same image digest every run: {res['daemonless_same_digest_every_run']}")
+        lines.append(f"new layers in every run (no cache answered): {res['new_layers_every_run']}")
     return "\n".join(lines)
 
 
