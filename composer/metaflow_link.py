@@ -391,7 +391,17 @@ class LaunchRef(str):
 
     def __str__(self) -> str:
         run = _current_run()
-        return self.resolve(run) if run else str.__str__(self)
+        if not run:
+            return str.__str__(self)
+        try:
+            return self.resolve(run)
+        except ComposerError as exc:  # raised inside Metaflow's launcher: let it report a clean line
+            from metaflow.exception import MetaflowException
+
+            class ComposerLaunchError(MetaflowException):
+                headline = "composer could not resolve the step's image"
+
+            raise ComposerLaunchError(f"composer: error: {exc.one_line()}") from None
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)

@@ -164,3 +164,12 @@ def test_link_can_be_switched_off(monkeypatch):
     monkeypatch.setenv(ml.TASK_ENV, "Flow/1/step")  # would be an error if it were read
     monkeypatch.setenv(ml.LINK_SWITCH_ENV, "0")
     assert ml.record_task_environment(SETTINGS, {"verified_running": True}) is None
+
+
+def test_in_a_run_an_unresolvable_ref_stops_the_launch_with_one_clean_line(in_run):
+    pytest.importorskip("metaflow")
+    from metaflow.exception import MetaflowException
+
+    with pytest.raises(MetaflowException, match="composer: error: no environment named 'env-ExplainerFlow-7'") as info:
+        str(ml.LaunchRef("env-{run_id}", settings=SETTINGS))
+    assert info.value.headline == "composer could not resolve the step's image"
