@@ -50,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="value for a {KEY} in the name template")
     p.add_argument("--run-id", help="this run's id: fills {run_id} and records the environment for this run")
     p.add_argument("--update", action="store_true", help="let NAME move to a different composition")
+    p.add_argument("--micromamba", metavar="PATH", help="host micromamba for conda installs, bind-mounted into the build step (MAMBA_EXE)")
     _common(p)
 
     for cmd, text in (("ref", "print REPO@sha256:... for an environment name"), ("show", "print an environment's record")):
@@ -95,6 +96,7 @@ def _settings(args: argparse.Namespace):
         "insecure_registries": args.insecure_registry,
         "dockerfile_syntax": args.dockerfile_syntax,
         "progress": args.progress,
+        "micromamba": getattr(args, "micromamba", None),
     }
     return load_settings(flags, config_path=args.config)
 

@@ -101,6 +101,14 @@ def build(
     if base_update:
         upstream = _moved_base(settings, upstream, base_update)
     base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
+    # --- conda (composer/conda.py): a conda-prefix upstream or an environment.yml takes the conda path
+    from .conda import build_conda, wants_conda
+
+    if wants_conda(extra, upstream):
+        return build_conda(settings, upstream_run=upstream_run, extra=extra, requirements=requirements, name=name,
+                           run_id=run_id, update=update, upstream=upstream, upstream_record_digest=upstream_record_digest,
+                           base=base, reg=reg, repo=repo)
+    # --- end conda
     _, template = load_template("pip")
 
     def spec_of(lock: Lock) -> str:

@@ -37,6 +37,7 @@ class Settings:
     dockerfile_syntax: Optional[str] = None  # e.g. "docker/dockerfile:1.7"; off by default (air-gapped builders)
     buildkit_host: Optional[str] = None
     progress: str = "auto"  # auto | plain | quiet
+    micromamba: Optional[str] = None  # host micromamba for conda builds (bind-mounted into the step, never kept)
 
     # -- derived locations -------------------------------------------------
     @property
@@ -85,6 +86,7 @@ _ENV = {
     "dockerfile_syntax": "COMPOSER_DOCKERFILE_SYNTAX",
     "buildkit_host": "BUILDKIT_HOST",
     "progress": "COMPOSER_PROGRESS",
+    "micromamba": "MAMBA_EXE",
 }
 
 

@@ -67,6 +67,12 @@ def _parse_requirement(text: str, where: str) -> Requirement:
 
 def read_extras(path: Path) -> List[str]:
     """The extra requirements as normalised PEP 508 strings, from requirements.txt or pyproject.toml."""
+    # --- conda (composer/conda.py): an environment.yml gives channel:URL, conda:SPEC and pip entries
+    if path.suffix.lower() in (".yml", ".yaml"):
+        from .conda import read_environment_file
+
+        return read_environment_file(path).requirements()
+    # --- end conda
     text = _read_text(path, "extras file")
     if path.suffix == ".toml":
         try:

@@ -26,8 +26,13 @@ RUNS_REPOSITORY = "runs"
 
 # Runs inside the image with its own shell and PATH: finds python the way the
 # image's users would, then reports what a lock needs to know about it.
+# Conda: an active prefix ($CONDA_PREFIX) comes before PATH, and a micromamba image's
+# environment ($MAMBA_ROOT_PREFIX, $ENV_NAME: its entrypoint activates it, the probe bypasses
+# the entrypoint) too; /opt/conda is the last resort.
 _FIND_PYTHON = (
-    'for p in "$COMPOSER_PYTHON" python3 python; do '
+    'mm=""; if [ -n "$MAMBA_ROOT_PREFIX" ]; then if [ -z "$ENV_NAME" ] || [ "$ENV_NAME" = base ]; '
+    'then mm="$MAMBA_ROOT_PREFIX/bin/python"; else mm="$MAMBA_ROOT_PREFIX/envs/$ENV_NAME/bin/python"; fi; fi; '
+    'for p in "$COMPOSER_PYTHON" "${CONDA_PREFIX:+$CONDA_PREFIX/bin/python}" "$mm" python3 python /opt/conda/bin/python; do '
     '[ -n "$p" ] && command -v "$p" >/dev/null 2>&1 && exec "$p" -c "$0"; done; '
     'echo "composer-probe: no python interpreter on PATH" >&2; exit 97'
 )
@@ -50,6 +55,28 @@ if os.path.isdir(os.path.join(sys.prefix, "conda-meta")):
     kind = "conda"
 elif sys.prefix != getattr(sys, "base_prefix", sys.prefix):
     kind = "venv"
+# --- conda (composer/conda.py): the prefix python runs in, or whose site-packages it imports
+# from, or $CONDA_PREFIX; its packages as conda-meta/ lists them; micromamba if the image has one.
+conda = None
+where = [sys.prefix, os.environ.get("CONDA_PREFIX") or ""]
+where += [os.path.dirname(os.path.dirname(os.path.dirname(p))) for p in sys.path if p.endswith("site-packages")]
+where = [p for p in where if p and os.path.isdir(os.path.join(p, "conda-meta"))]
+if where:
+    import shutil
+    meta, pkgs = os.path.join(where[0], "conda-meta"), []
+    for f in sorted(os.listdir(meta)):
+        try:
+            with open(os.path.join(meta, f)) as fh:
+                r = json.load(fh) if f.endswith(".json") else None
+        except Exception:
+            r = None
+        if isinstance(r, dict) and r.get("name"):
+            pkgs.append({k: r.get(k) for k in ("name", "version", "build", "build_number", "channel", "subdir", "url",
+                                                "fn", "sha256", "md5", "depends", "constrains", "noarch")})
+    mm = os.environ.get("MAMBA_EXE") or ""
+    mm = mm if mm and os.access(mm, os.X_OK) else (shutil.which("micromamba") or "")
+    conda = {"prefix": where[0], "packages": pkgs, "micromamba": mm or None}
+# --- end conda
 print(json.dumps({
     "executable": sys.executable,
     "version": platform.python_version(),
@@ -61,6 +88,7 @@ print(json.dumps({
     "machine": platform.machine(),
     "libc": libc, "libc_version": libc_version,
     "distributions": dists,
+    "conda": conda,
 }))
 """
 
@@ -127,9 +155,13 @@ def probe_image(image: ImageRef, config: dict) -> dict:
             client.images.get(pinned)
         except docker.errors.ImageNotFound:
             client.images.pull(image.name, tag=image.digest)
+        # An image may name its interpreter in a label (composed conda images do); its Env wins.
+        label = ((config.get("config") or {}).get("Labels") or {}).get("dev.composer.python")
+        own_env = any(e.startswith("COMPOSER_PYTHON=") for e in (config.get("config") or {}).get("Env") or [])
         out = client.containers.run(
             pinned, entrypoint=["/bin/sh"], command=["-c", _FIND_PYTHON, _PROBE],
             remove=True, network_disabled=True, stdout=True, stderr=False,
+            environment={"COMPOSER_PYTHON": label} if label and not own_env else None,
         )
     except docker.errors.ContainerError as exc:
         if exc.exit_status in (97, 126, 127):
@@ -171,7 +203,15 @@ def build_run_record(run_id: str, image: ImageRef, config: dict, probe: dict, di
         "distributions_source": source,
         "composer_version": __version__,
         "created": utc_now(),
+        # --- conda (composer/conda.py): prefix, channels, explicit package list; only when there is a prefix
+        **({"conda": _conda_section(probe["conda"])} if probe.get("conda") else {}),
     }
+
+
+def _conda_section(found: dict) -> dict:
+    from .conda import run_record_section
+
+    return run_record_section(found)
 
 
 def store_run_record(settings: Settings, record: dict) -> str:
@@ -189,9 +229,17 @@ def record_run(settings: Settings, run_id: str, image_text: str, requirements: O
     if not run_id.strip():
         raise UsageError("the run id is empty", "pass --run RUN_ID")
     settings.require_registry()
+    # --- conda: an explicit conda list (@EXPLICIT) gives the conda packages; distributions come from the image
+    from .conda import is_explicit_file, parse_explicit, with_explicit_packages
+
+    explicit = parse_explicit(Path(requirements)) if requirements and is_explicit_file(Path(requirements)) else None
+    requirements = None if explicit is not None else requirements
+    # --- end conda
     pinned_reqs = parse_pinned(Path(requirements)) if requirements else None
     image, config = pin_image(settings, image_text)
     probe = probe_image(image, config)
+    if explicit is not None:  # --- conda
+        probe = with_explicit_packages(probe, explicit, image.pinned())
     dists = pinned_reqs if pinned_reqs is not None else probe["distributions"]
     record = build_run_record(run_id, image, config, probe, dists, "requirements" if pinned_reqs is not None else "image")
     return record, store_run_record(settings, record)

@@ -26,6 +26,7 @@ def spec_document(
     packages: Iterable[Mapping],
     template: str,
     frontend: Optional[str] = None,
+    conda: Optional[Mapping] = None,
 ) -> dict:
     doc = {
         "spec": SPEC_VERSION,
@@ -40,6 +41,15 @@ def spec_document(
     }
     if frontend:  # a non-default Dockerfile frontend may build differently; absent keeps v1 hashes stable
         doc["frontend"] = frontend
+    if conda:  # a conda prefix's full lock (composer/conda.py); absent for pip-only compositions, so their v1 hashes stay
+        doc["conda"] = {
+            "prefix": conda["prefix"],
+            "packages": sorted(
+                ({**{k: p.get(k) or "" for k in ("name", "version", "build", "subdir")},
+                  "hash": f"sha256:{p['sha256']}" if p.get("sha256") else f"md5:{p.get('md5') or ''}"} for p in conda["packages"]),
+                key=lambda p: (p["name"], p["subdir"]),
+            ),
+        }
     return doc
 
 

@@ -1,0 +1,832 @@
+"""Conda environments: an upstream whose environment is a conda prefix, and extras given
+as an environment.yml (conda dependencies plus a `pip:` section).
+
+The path, end to end:
+  1. the upstream run record holds the prefix, its channels and the explicit package list
+     (name, version, build, channel, sha256, ...), read from the prefix's conda-meta/ by the
+     probe (composer/resolver.py) or given as an @EXPLICIT list (`record --requirements`);
+  2. the conda dependencies are solved with py-rattler (a real conda solver, the same on
+     every machine) with every upstream conda package pinned; a clash is one line naming both
+     sides. The pip part is then locked with uv on top (composer/lock.py), every upstream
+     distribution and every Python conda package pinned;
+  3. dockerfiles/conda.Dockerfile installs the locked conda packages into the upstream prefix:
+     with micromamba when there is one (the image's, or the host's `--micromamba`/MAMBA_EXE,
+     bind-mounted), offline from archives fetched and sha256-checked on the host; otherwise
+     py-rattler links them on the host into a staging tree *for that prefix* (the prefix is
+     patched into files and entry points as if installed there) and the build step unpacks
+     the tree, refusing to replace any upstream file. No installer stays in the image;
+  4. the spec hash covers the conda lock (composer/spec.py), the build record has a `conda`
+     section, and the composed environment's run record keeps the prefix's new package list,
+     so it can be the next build's upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import platform as host_platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import unquote, urlparse
+
+from . import __version__
+from . import state
+from .config import Settings
+from .errors import BuildError, EnvironmentProblem, LockConflictError, UsageError
+from .requirements import _parse_requirement, _read_text, canonical_name
+
+TEMPLATE_KIND = "conda"
+ENV_FILE_SUFFIXES = (".yml", ".yaml")
+SUBDIRS = {"amd64": "linux-64", "arm64": "linux-aarch64", "ppc64le": "linux-ppc64le", "s390x": "linux-s390x"}
+STAGE_MTIME = 946684800  # 2000-01-01: the staged tree's files get one fixed time, so the tarball is reproducible
+_PACKAGE_KEYS = ("name", "version", "build", "build_number", "channel", "subdir", "url", "fn", "sha256", "md5",
+                 "depends", "constrains", "noarch")
+
+
+# -- environment.yml ----------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvironmentFile:
+    channels: Tuple[str, ...]  # in priority order
+    conda: Tuple[str, ...]  # match specs, sorted
+    pip: Tuple[str, ...]  # PEP 508 requirements, normalised, sorted
+
+    def requirements(self) -> List[str]:
+        """The extras as one flat list (what `read_extras` returns and the record keeps):
+        channel:URL in order, then conda:SPEC, then the pip requirements."""
+        return [f"channel:{c}" for c in self.channels] + [f"conda:{s}" for s in self.conda] + list(self.pip)
+
+
+def is_environment_file(path: Path) -> bool:
+    return path.suffix.lower() in ENV_FILE_SUFFIXES
+
+
+def read_environment_file(path: Path) -> EnvironmentFile:
+    """An environment.yml, strictly: channels, dependencies (conda match specs and one `pip:` list)."""
+    text = _read_text(path, "extras file")
+    try:
+        import yaml
+    except ImportError as exc:
+        raise EnvironmentProblem(f"PyYAML is not importable ({exc}), needed to read {path}", "pip install 'composer[conda]'")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"extras file {path} is not valid YAML ({first})", "fix the file")
+    if not isinstance(data, dict):
+        raise UsageError(f"extras file {path} is not an environment file (no mapping at the top)", "write channels: and dependencies: keys")
+    unknown = sorted(set(data) - {"name", "channels", "dependencies", "prefix"})
+    if unknown:
+        raise UsageError(f"{path}: key {unknown[0]!r} is not supported in extras", "keep name, channels and dependencies")
+    channels = data.get("channels") or []
+    if not isinstance(channels, list) or not all(isinstance(c, str) and c.strip() for c in channels):
+        raise UsageError(f"{path}: channels must be a list of channel names or URLs", "e.g. channels: [conda-forge]")
+    deps = data.get("dependencies")
+    if not isinstance(deps, list):
+        raise UsageError(f"{path} has no dependencies list", "add dependencies: [numpy, {pip: [shap]}]")
+    conda: List[str] = []
+    pip: List[str] = []
+    for number, dep in enumerate(deps, 1):
+        where = f"{path}: dependencies[{number}]"
+        if isinstance(dep, str):
+            conda.append(_match_spec(dep, where))
+        elif isinstance(dep, dict) and list(dep) == ["pip"] and isinstance(dep["pip"], list):
+            for item in dep["pip"]:
+                if not isinstance(item, str):
+                    raise UsageError(f"{where}: pip entry {item!r} is not a string", "write requirements as strings")
+                if item.strip().startswith("-"):
+                    raise UsageError(f"{where}: pip option lines ({item.split()[0]}) are not supported in extras",
+                                     "list requirements only; set the index with COMPOSER_INDEX_URL")
+                pip.append(str(_parse_requirement(item.strip(), f"{where} (pip)")))
+        else:
+            raise UsageError(f"{where}: {str(dep)[:60]!r} is neither a conda match spec nor a pip: list", "fix the entry")
+    if not conda and not pip:
+        raise UsageError(f"extras file {path} lists no dependencies", "add at least one, e.g. - numpy or - pip: [shap]")
+    names = [c.strip().rstrip("/") for c in channels if c.strip() != "nodefaults"]
+    return EnvironmentFile(tuple(dict.fromkeys(names)), tuple(sorted(set(conda))), tuple(sorted(set(pip))))
+
+
+def _match_spec(text: str, where: str) -> str:
+    spec = " ".join(text.split())
+    if not spec:
+        raise UsageError(f"{where}: an empty conda dependency", "remove the empty entry")
+    try:
+        _rattler().MatchSpec(spec)
+    except EnvironmentProblem:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{where}: {spec[:80]!r} is not a conda match spec ({first})", "write it as name [version [build]], e.g. numpy >=1.26")
+    return spec
+
+
+def _spec_name(spec: str) -> str:
+    """The package name of a match spec: 'conda-forge::numpy >=1' -> numpy."""
+    return re.split(r"[\s=<>!~\[]", spec.split("::")[-1], 1)[0].lower()
+
+
+# -- explicit lists (conda list --explicit) and the run record's conda section --------
+def is_explicit_file(path: Path) -> bool:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as f:
+            return any(line.strip() == "@EXPLICIT" for _, line in zip(range(200), f))
+    except OSError:
+        return False
+
+
+def parse_explicit(path: Path) -> List[dict]:
+    """`conda list --explicit [--sha256]` / `micromamba env export --explicit` output -> packages."""
+    text = _read_text(path, "explicit conda list")
+    out: Dict[str, dict] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#") or line == "@EXPLICIT":
+            continue
+        url, _, digest = line.partition("#")
+        parsed = urlparse(url)
+        parts = [p for p in unquote(parsed.path).split("/") if p]
+        fn = parts[-1] if parts else ""
+        stem = re.sub(r"\.(conda|tar\.bz2)$", "", fn)
+        bits = stem.rsplit("-", 2)
+        if parsed.scheme not in ("http", "https", "file") or stem == fn or len(bits) != 3 or len(parts) < 2:
+            raise UsageError(f"{path}:{number}: {line[:80]!r} is not a package URL of an explicit list",
+                             "write CHANNEL/SUBDIR/NAME-VERSION-BUILD.conda#sha256 lines (conda list --explicit --sha256)")
+        digest = digest.strip().lower()
+        digest = digest[len("sha256:"):] if digest.startswith("sha256:") else digest
+        sha256 = digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
+        md5 = digest if re.fullmatch(r"[0-9a-f]{32}", digest) else None
+        subdir = parts[-2]
+        channel = url[: url.rindex(f"/{subdir}/")]
+        out[bits[0].lower()] = {"name": bits[0].lower(), "version": bits[1], "build": bits[2], "subdir": subdir,
+                                "channel": channel, "url": url, "fn": fn, "sha256": sha256, "md5": md5}
+    if not out:
+        raise UsageError(f"explicit conda list {path} names no package", "pass the output of conda list --explicit --sha256")
+    return list(out.values())
+
+
+def with_explicit_packages(probe: dict, packages: List[dict], image: str) -> dict:
+    """The probe's report with the conda packages replaced by the given explicit list."""
+    found = probe.get("conda")
+    if not found:
+        raise UsageError(f"an explicit conda list was given but image {image} has no conda prefix",
+                         "record the run with its pip freeze instead, or use the image that has the prefix")
+    return {**probe, "conda": {**found, "packages": packages, "packages_source": "explicit"}}
+
+
+def _noarch(value) -> Optional[str]:
+    if isinstance(value, dict):
+        value = value.get("type")
+    if value is True:
+        return "generic"
+    return value if value in ("python", "generic") else None
+
+
+def normalise_package(p: dict) -> dict:
+    """A conda package as records keep it: every key present, channel without its subdir."""
+    url = p.get("url") or None
+    fn = p.get("fn") or (url.rsplit("/", 1)[-1] if url else None)
+    subdir = p.get("subdir") or (url.rsplit("/", 2)[-2] if url and url.count("/") >= 2 else None)
+    channel = (p.get("channel") or "").rstrip("/")
+    if subdir and channel.endswith("/" + subdir):
+        channel = channel[: -len(subdir) - 1]
+    return {
+        "name": str(p["name"]).lower(), "version": str(p.get("version") or ""), "build": str(p.get("build") or ""),
+        "build_number": int(p.get("build_number") or 0), "channel": channel or None, "subdir": subdir, "url": url,
+        "fn": fn, "sha256": (p.get("sha256") or "").lower() or None, "md5": (p.get("md5") or "").lower() or None,
+        "depends": list(p.get("depends") or []), "constrains": list(p.get("constrains") or []),
+        "noarch": _noarch(p.get("noarch")),
+    }
+
+
+def run_record_section(found: dict) -> dict:
+    """The run record's `conda` section from the probe's report (or an explicit list)."""
+    packages = sorted((normalise_package(p) for p in found.get("packages") or []), key=lambda p: p["name"])
+    return {
+        "prefix": found["prefix"],
+        "channels": sorted({p["channel"] for p in packages if p["channel"]}),
+        "packages": packages,
+        "packages_source": found.get("packages_source") or "image",
+        "micromamba": found.get("micromamba"),
+    }
+
+
+# -- py-rattler -------------------------------------------------------------------------
+def _rattler():
+    try:
+        import rattler
+        import rattler.exceptions  # noqa: F401  (not imported by the package itself)
+    except ImportError as exc:
+        raise EnvironmentProblem(f"py-rattler is not importable ({exc}); conda environments need it",
+                                 "pip install 'composer[conda]' (Python 3.10 or newer)")
+    return rattler
+
+
+class WorkerError(Exception):
+    """An error py-rattler raised in the worker: its type name and message."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+
+def _worker_call(op: str, payload: dict, timeout: int = 3600):
+    """Run one py-rattler operation (solve, install) in a worker process, see _worker()."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)  # composer importable there, installed or not
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "composer.conda", "--worker"], input=json.dumps({"op": op, **payload}),
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"py-rattler's {op} took over {timeout} s", "check the channels and the network")
+    try:
+        answer = json.loads(proc.stdout)
+    except ValueError:
+        tail = " ".join(proc.stderr.split())[-300:]
+        raise EnvironmentProblem(f"the py-rattler worker ({op}) failed with exit {proc.returncode} ({tail or 'no output'})",
+                                 "check that py-rattler works here: pip install 'composer[conda]'")
+    if "error" in answer:
+        kind, message = answer["error"]["kind"], answer["error"]["message"]
+        if kind == "EnvironmentProblem":
+            raise EnvironmentProblem(message)
+        raise WorkerError(kind, message)
+    return answer["ok"]
+
+
+def _worker() -> None:
+    """`python -m composer.conda --worker`: one py-rattler operation, JSON in on stdin, JSON out.
+
+    py-rattler's async runtime can crash the interpreter at exit after a solve or an install
+    (SIGSEGV/SIGABRT in about one run in ten here, py-rattler 0.28), which would turn a
+    composer exit code into a signal. So those calls run here, and this process leaves with
+    os._exit once it has answered; the composer process only parses match specs."""
+    try:
+        request = json.loads(sys.stdin.read())
+        answer = {"ok": _WORKER_OPS[request["op"]](request)}
+    except EnvironmentProblem as exc:
+        answer = {"error": {"kind": "EnvironmentProblem", "message": exc.one_line()}}
+    except Exception as exc:  # noqa: BLE001  (carried to the parent, which decides)
+        answer = {"error": {"kind": type(exc).__name__, "message": str(exc)}}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _op_solve(req: dict) -> List[dict]:
+    r = _rattler()
+    client = _client()
+    gateway = r.Gateway(cache_dir=Path(req["cache"]), **({"client": client} if client is not None else {}))
+    vps = [r.GenericVirtualPackage(r.PackageName(n), r.Version(v), r.BuildString(b)) for n, v, b in req["virtual"]]
+    solved = asyncio.run(r.solve(
+        sources=req["channels"], specs=req["specs"], gateway=gateway, platforms=[req["subdir"], "noarch"],
+        pinned_packages=[_repodata_record(p) for p in req["pinned"]], virtual_packages=vps,
+    ))
+    return [json.loads(rec.to_json()) for rec in solved]
+
+
+def _op_install(req: dict) -> None:
+    r = _rattler()
+    records = [_repodata_record(p, url=p.get("archive_url")) for p in req["records"]]
+    asyncio.run(r.install(
+        records, target_prefix=req["target"], cache_dir=Path(req["cache"]), ignored_packages=set(req["ignored"]),
+        alternative_target_prefix=req["prefix"], platform=r.Subdir(req["subdir"]), execute_link_scripts=False,
+        show_progress=False,
+    ))
+
+
+_WORKER_OPS = {"solve": _op_solve, "install": _op_install}
+
+
+def cache_dir(kind: str) -> Path:
+    path = state.state_dir() / "conda" / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _repodata_record(p: dict, url: Optional[str] = None):
+    r = _rattler()
+    fn = p.get("fn") or f"{p['name']}-{p['version']}-{p['build']}.conda"
+    record = r.PackageRecord(
+        p["name"], p["version"], r.BuildString(p["build"]), int(p.get("build_number") or 0), p.get("subdir") or "noarch",
+        noarch=p.get("noarch"), depends=list(p.get("depends") or []), constrains=list(p.get("constrains") or []),
+        sha256=bytes.fromhex(p["sha256"]) if p.get("sha256") else None, md5=bytes.fromhex(p["md5"]) if p.get("md5") else None,
+    )
+    channel = p.get("channel") or "unknown"
+    return r.RepoDataRecord(record, fn, url or p.get("url") or f"{channel}/{p.get('subdir') or 'noarch'}/{fn}", channel + "/")
+
+
+def _channel_url(channel: str) -> str:
+    if channel == "defaults":
+        return "https://repo.anaconda.com/pkgs/main"
+    if re.match(r"^[a-z][a-z0-9+.-]*://", channel):
+        return channel.rstrip("/")
+    if channel.startswith("/"):
+        return Path(channel).resolve().as_uri()
+    return f"https://conda.anaconda.org/{channel}"
+
+
+def _virtual_packages(upstream: dict) -> list:
+    """What the target machine offers, as the solver must see it: the image's glibc, not the host's."""
+    plat = upstream["platform"]
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(plat.get("architecture") or "", plat.get("architecture") or "")
+    kernel = re.match(r"^\d+(\.\d+)*", host_platform.release()) if host_platform.system() == "Linux" else None
+    wanted = [("__unix", "0", "0"), ("__linux", kernel.group(0) if kernel else "0", "0"), ("__archspec", "1", arch or "0")]
+    if plat.get("libc") == "glibc" and plat.get("libc_version"):
+        wanted.append(("__glibc", plat["libc_version"], "0"))
+    return [list(w) for w in wanted]
+
+
+def _client():
+    r = _rattler()
+    try:  # the system's roots honour SSL_CERT_FILE (a corporate proxy's CA), rattler's bundled ones don't
+        return r.Client.from_config(r.Config.from_toml('tls-root-certs = "native"'))
+    except Exception:  # an older py-rattler: its default client
+        return None
+
+
+def subdir_of(upstream: dict) -> str:
+    arch = upstream["platform"].get("architecture") or ""
+    if arch not in SUBDIRS:
+        raise UsageError(f"conda packages for architecture {arch!r} are not supported", f"use one of {', '.join(SUBDIRS)}")
+    return SUBDIRS[arch]
+
+
+# -- solving ----------------------------------------------------------------------------
+@dataclass
+class CondaLock:
+    prefix: str  # the upstream prefix ("" when the upstream has none)
+    channels: List[str] = field(default_factory=list)  # where the added packages were solved from
+    requirements: List[str] = field(default_factory=list)  # the conda specs asked for
+    packages: List[dict] = field(default_factory=list)  # the prefix after the build: upstream's + added, by name
+    added: List[dict] = field(default_factory=list)  # what the new layer installs
+
+    def spec_part(self) -> Optional[dict]:
+        return {"prefix": self.prefix, "packages": self.packages} if self.prefix else None
+
+
+def solve_extras(settings: Settings, env: EnvironmentFile, upstream: dict, run_id: str) -> CondaLock:
+    """Solve the conda dependencies with every upstream conda package pinned (py-rattler)."""
+    up = upstream.get("conda")
+    if not env.conda:
+        return CondaLock(prefix=up["prefix"] if up else "", packages=list(up["packages"]) if up else [])
+    if not up:
+        raise UsageError(f"the extras ask for conda packages ({', '.join(env.conda[:3])}) but upstream run {run_id} has no conda prefix",
+                         "compose conda packages on an image with a conda environment, or move them to the pip: section")
+    channels = list(env.channels) or list(up.get("channels") or [])
+    if not channels:
+        raise UsageError("the environment file lists no channels and the upstream records none", "add channels: to the environment file")
+    _rattler()  # a clear error here when py-rattler is missing
+    try:
+        solved = _worker_call("solve", {
+            "channels": [_channel_url(c) for c in channels], "specs": list(env.conda), "subdir": subdir_of(upstream),
+            "pinned": up["packages"], "virtual": _virtual_packages(upstream), "cache": str(cache_dir("repodata")),
+        })
+    except WorkerError as exc:
+        if exc.kind == "SolverError":
+            raise explain_solve_failure(exc.message, list(env.conda), up["packages"], run_id, channels)
+        cause = " ".join(exc.message.split())[:300]
+        raise UsageError(f"the conda channels {', '.join(channels)} could not be read ({exc.kind}: {cause})",
+                         "check the channel names or URLs and the network")
+    upstream_by_name = {p["name"]: p for p in up["packages"]}
+    added = []
+    for rec in solved:
+        p = normalise_package(rec)
+        was = upstream_by_name.get(p["name"])
+        if was is None:
+            added.append(p)
+        elif (was["version"], was["build"]) != (p["version"], p["build"]):  # pinned: this guards the guarantee itself
+            raise LockConflictError(f"the conda solve moved upstream package {p['name']} {was['version']} {was['build']} "
+                                    f"to {p['version']} {p['build']}", "report this; the upstream must not change")
+    packages = sorted(list(up["packages"]) + added, key=lambda p: p["name"])
+    return CondaLock(prefix=up["prefix"], channels=channels, requirements=list(env.conda), packages=packages,
+                     added=sorted(added, key=lambda p: p["name"]))
+
+
+def explain_solve_failure(message: str, specs: List[str], upstream_packages: List[dict], run_id: str,
+                          channels: List[str]) -> Exception:
+    """py-rattler's solver report -> one line naming the extra and the upstream package it clashes with."""
+    lines = [re.sub(r"^[\s│├└─]+", "", l).strip() for l in message.splitlines()]
+    cause = "; ".join(l for l in lines if l).replace("Cannot solve the request because of: ", "")
+    missing = re.search(r"No candidates were found for (\S+)", message)
+    by_name = {_spec_name(s): s for s in specs}
+    top = [re.sub(r"^[└├]─ ", "", l).split(" can be installed")[0].split(" cannot be installed")[0]
+           for l in message.splitlines() if re.match(r"^[└├]─ ", l) and "is locked" not in l]
+    asked = next((by_name[_spec_name(t)] for t in top if _spec_name(t) in by_name), specs[0] if len(specs) == 1 else None)
+    if missing and _spec_name(missing.group(1)) in by_name:
+        spec = by_name[_spec_name(missing.group(1))]
+        return UsageError(f"extra conda requirement {spec!r} was not found in channels {', '.join(channels)}",
+                          "fix the name or the channels")
+    locked = re.findall(r"(\S+) (\S+) is locked", message)
+    if locked:
+        name, version = locked[0]
+        pin = next((p for p in upstream_packages if p["name"] == name), {"version": version, "build": "?"})
+        why = re.search(rf"(\S+ \S+) would require[\s│├└─]*({re.escape(name)}\b[^,\n]*)", message)
+        because = f": {why.group(1)} requires {why.group(2).strip()}" if why else ""
+        what = f"extra conda requirement {asked!r}" if asked else f"the conda extras ({', '.join(specs)})"
+        return LockConflictError(
+            f"{what} conflicts with upstream conda package {name}=={pin['version']} (build {pin['build']}) of run {run_id}{because}",
+            "relax the extra requirement; upstream versions never move",
+        )
+    return LockConflictError(f"the conda extras cannot be solved on top of run {run_id} ({cause[:300]})", "relax the extra requirements")
+
+
+def python_pins(conda_packages: List[dict], distributions: List[dict]) -> List[dict]:
+    """Python conda packages as name==version pins for uv (those the probe did not already see
+    as installed distributions): the pip part may add packages but never replace a conda one."""
+    from packaging.version import InvalidVersion, Version
+
+    have = {d["name"] for d in distributions}
+    pins = {}
+    for p in conda_packages:
+        deps = {_spec_name(d) for d in p.get("depends") or []}
+        if p["name"] in ("python", "python_abi") or not (p.get("noarch") == "python" or "python" in deps):
+            continue
+        name = canonical_name(p["name"])
+        try:
+            Version(p["version"])
+        except InvalidVersion:
+            continue
+        if name not in have:
+            pins[name] = {"name": name, "version": p["version"]}
+    return sorted(pins.values(), key=lambda d: d["name"])
+
+
+# -- installers and the build context ---------------------------------------------------
+@dataclass(frozen=True)
+class Installer:
+    kind: str  # micromamba-host | micromamba-image | py-rattler
+    path: Optional[str] = None  # micromamba's path: on the host (bind-mounted) or in the image
+
+
+HOST_MICROMAMBA = "/tmp/composer/conda/micromamba"
+
+
+def choose_installer(settings: Settings, upstream_conda: Optional[dict]) -> Installer:
+    """The host's micromamba when one is named, else the image's, else py-rattler on the host."""
+    if settings.micromamba:
+        path = Path(settings.micromamba).expanduser()
+        if not path.is_file() or not os.access(path, os.X_OK):
+            raise UsageError(f"micromamba {path} does not exist or is not executable",
+                             "fix --micromamba / MAMBA_EXE, or unset it to install with py-rattler")
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"\x7fELF" and not magic.startswith(b"#!"):
+            raise UsageError(f"micromamba {path} is not a Linux executable", "pass a Linux micromamba binary: the build step runs it")
+        return Installer("micromamba-host", str(path))
+    if upstream_conda and upstream_conda.get("micromamba"):
+        return Installer("micromamba-image", upstream_conda["micromamba"])
+    return Installer("py-rattler")
+
+
+def _file_hash(path: Path, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified(path: Path, p: dict) -> bool:
+    if not path.is_file():
+        return False
+    if p.get("sha256"):
+        return _file_hash(path, "sha256") == p["sha256"]
+    return bool(p.get("md5")) and _file_hash(path, "md5") == p["md5"]
+
+
+def fetch_archives(settings: Settings, packages: List[dict]) -> Dict[str, Path]:
+    """The locked archives in the host cache, each checked against its sha256 (md5 if that is all
+    there is): {name: path}. A wrong or unreachable archive is an error before anything is built."""
+    import requests
+
+    cache = cache_dir("pkgs")
+    out = {}
+    for p in packages:
+        if not p.get("url") or not (p.get("sha256") or p.get("md5")):
+            raise UsageError(f"conda package {p['name']} {p['version']} has no URL or hash in its lock", "solve it from a channel")
+        target = cache / f"{(p.get('sha256') or p['md5'])[:16]}-{p['fn']}"
+        if not _verified(target, p):
+            tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+            parsed = urlparse(p["url"])
+            try:
+                if parsed.scheme == "file":
+                    shutil.copyfile(unquote(parsed.path), tmp)
+                else:
+                    ca = settings.ca_bundle_path()
+                    with requests.get(p["url"], stream=True, timeout=60, verify=ca or True) as resp:
+                        resp.raise_for_status()
+                        with open(tmp, "wb") as f:
+                            for chunk in resp.iter_content(1 << 20):
+                                f.write(chunk)
+            except (OSError, requests.RequestException) as exc:
+                tmp.unlink(missing_ok=True)
+                raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {exc})",
+                                 "check the channel and the network")
+            if not _verified(tmp, p):
+                tmp.unlink(missing_ok=True)
+                raise UsageError(f"conda package {p['fn']} from {p['channel']} does not match its locked hash",
+                                 "the channel serves other bytes than it indexed; fix the channel")
+            os.replace(tmp, target)
+        out[p["name"]] = target
+    return out
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def prepare_conda_context(settings: Settings, context: Path, lock: CondaLock, installer: Installer,
+                          upstream: dict, spec: str) -> None:
+    """context/conda: what the conda step of the Dockerfile bind-mounts."""
+    conda_dir = context / "conda"
+    conda_dir.mkdir()
+    if not lock.added:
+        return
+    archives = fetch_archives(settings, lock.added)
+    if installer.kind.startswith("micromamba"):
+        pkgs = conda_dir / "pkgs"
+        pkgs.mkdir()
+        lines = ["@EXPLICIT", "# composer: the locked conda packages, installed offline from the bind-mounted archives"]
+        for p in lock.added:
+            _link(archives[p["name"]], pkgs / p["fn"])
+            lines.append(f"file:///tmp/composer/conda/pkgs/{p['fn']}" + (f"#{p['md5']}" if p.get("md5") else ""))
+        (conda_dir / "explicit.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if installer.kind == "micromamba-host":
+            _link(Path(installer.path), conda_dir / "micromamba")
+        return
+    stage_with_rattler(lock, upstream, archives, conda_dir / "stage.tar")
+    (conda_dir / "history").write_text(history_entry(lock, spec), encoding="utf-8")
+
+
+def stage_with_rattler(lock: CondaLock, upstream: dict, archives: Dict[str, Path], out: Path) -> List[str]:
+    """Link the added packages with py-rattler into a staging tree for the upstream prefix, and
+    write the new files (and their conda-meta records) as a tarball; returns its members."""
+    up_names = {p["name"] for p in upstream["conda"]["packages"]}
+    records = [{**p, "archive_url": archives[p["name"]].resolve().as_uri()} for p in lock.added]
+    records += list(upstream["conda"]["packages"])
+    with tempfile.TemporaryDirectory(prefix="composer-conda-stage-") as tmp:
+        stage = Path(tmp) / "prefix"
+        try:
+            _worker_call("install", {"records": records, "target": str(stage), "cache": str(cache_dir("extracted")),
+                                     "ignored": sorted(up_names), "prefix": lock.prefix, "subdir": subdir_of(upstream)})
+        except WorkerError as exc:
+            raise BuildError(f"py-rattler could not link the conda packages for {lock.prefix} ({exc.kind}: "
+                             f"{' '.join(exc.message.split())[:200]})", "check the packages of the lock")
+        members = []
+        for p in lock.added:
+            meta_rel = f"conda-meta/{p['name']}-{p['version']}-{p['build']}.json"
+            meta_path = stage / meta_rel
+            record = json.loads(meta_path.read_text(encoding="utf-8"))
+            # Host details out, the channel's own URL back in: the record reads as if installed in the image.
+            for key in ("extracted_package_dir", "package_tarball_full_path", "link"):
+                record.pop(key, None)
+            record.update(url=p["url"], channel=p["channel"], fn=p["fn"],
+                          requested_specs=[s for s in lock.requirements if _spec_name(s) == p["name"]])
+            meta_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            members += [meta_rel] + list(record.get("files") or [])
+        _write_stage_tar(stage, sorted(set(members)), out)
+        return sorted(set(members))
+
+
+def _write_stage_tar(stage: Path, members: List[str], out: Path) -> None:
+    with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tar:
+        for rel in members:
+            path = stage / rel
+            if not os.path.lexists(path):
+                if "__pycache__/" in rel:
+                    continue  # byte code a record lists but the host could not compile: python writes it on import
+                raise BuildError(f"the staged conda tree lacks {rel}", "report this with the lock")
+            st = os.lstat(path)
+            info = tarfile.TarInfo(rel)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = STAGE_MTIME, 0, 0, "", ""
+            if os.path.islink(path):
+                info.type, info.linkname, info.mode = tarfile.SYMTYPE, os.readlink(path), 0o777
+                tar.addfile(info)
+            else:
+                info.size, info.mode = st.st_size, st.st_mode & 0o7777
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+
+
+def history_entry(lock: CondaLock, spec: str) -> str:
+    from .records import utc_now
+
+    stamp = utc_now().replace("T", " ").rstrip("Z")
+    lines = [f"==> {stamp} <==", f"# cmd: composer build (spec {spec})", f"# update specs: {json.dumps(lock.requirements)}"]
+    lines += [f"+{p['channel']}::{p['name']}-{p['version']}-{p['build']}" for p in lock.added]
+    return "\n".join(lines) + "\n"
+
+
+# -- the Dockerfile -------------------------------------------------------------------
+def render_conda(*, base_ref: str, base_name: str, base_digest: str, python: dict, prefix: str, installer: Installer,
+                 spec_hash: str, syntax: Optional[str]) -> Tuple[str, str]:
+    """The Dockerfile for dockerfiles/conda.Dockerfile, and its template id."""
+    from .dockerfile import fill, load_template
+
+    if "@sha256:" not in base_ref:
+        raise ValueError("the base must be pinned by digest")
+    if syntax and not re.match(r"^[A-Za-z0-9._/:@-]+$", syntax):
+        raise UsageError(f"dockerfile syntax {syntax!r} is not an image reference", "e.g. docker/dockerfile:1.7")
+    text, template = load_template(TEMPLATE_KIND)
+    label = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
+    micromamba = {"micromamba-host": HOST_MICROMAMBA, "micromamba-image": installer.path}.get(installer.kind)
+    values = {
+        "syntax_line": f"# syntax={syntax}\n" if syntax else "",
+        "base_ref": base_ref,
+        "base_name": label(base_name),
+        "base_digest": base_digest,
+        "prefix": shlex.quote(prefix) if prefix else "''",
+        "micromamba": shlex.quote(micromamba) if micromamba else "false",
+        "python": shlex.quote(python["executable"]),
+        "install_flags": "--break-system-packages" if python.get("externally_managed") else "",
+        "spec_hash": spec_hash,
+        "template": template,
+        "python_label": label(python["executable"]),
+        "prefix_label": label(prefix),
+        "composer_version": __version__,
+    }
+    return fill(text, values), template
+
+
+# -- the build job (composer/compose.py's order of work, with the conda lock) --------------
+def wants_conda(extra: str, upstream: dict) -> bool:
+    """The conda path: the extras are an environment.yml, or the upstream is a conda prefix."""
+    return is_environment_file(Path(extra)) or bool(upstream.get("conda"))
+
+
+def lock_pip_part(settings: Settings, env: EnvironmentFile, upstream: dict, conda_lock: CondaLock, run_id: str):
+    """The pip part locked with uv on the upstream's distributions plus every Python conda package."""
+    from .lock import Lock, lock_extras
+
+    if not env.pip:
+        return Lock(requirements=[], packages=[], added=[])
+    pins = python_pins(conda_lock.packages, upstream["distributions"])
+    try:
+        return lock_extras(settings, list(env.pip), {**upstream, "distributions": list(upstream["distributions"]) + pins}, run_id)
+    except LockConflictError as exc:  # name a clash with a conda package of the extras as such, not as the upstream's
+        added = {p["name"] for p in conda_lock.added}
+        for pin in (f"{d['name']}=={d['version']}" for d in pins if d["name"] in added):
+            if f"upstream pin {pin} of run {run_id}" in exc.message:
+                raise LockConflictError(exc.message.replace(f"upstream pin {pin} of run {run_id}", f"conda package {pin} of the extras"), exc.hint)
+        raise
+
+
+def build_conda(settings: Settings, *, upstream_run: str, extra: str, requirements: List[str], name: str,
+                run_id: Optional[str], update: bool, upstream: dict, upstream_record_digest: str, base, reg, repo: str):
+    """compose.build for a conda upstream or an environment.yml: same order of work, cache, lease and
+    publishing (compose's own helpers), with the conda solve before the uv lock and the conda template."""
+    from . import compose
+    from .dockerfile import load_template
+    from .lease import build_once
+    from .lock import Lock
+    from .spec import spec_document, spec_hash
+
+    path = Path(extra)
+    env = read_environment_file(path) if is_environment_file(path) else EnvironmentFile((), (), tuple(requirements))
+    installer = choose_installer(settings, upstream.get("conda"))  # a bad --micromamba is bad input: fail first
+    _, template = load_template(TEMPLATE_KIND)
+
+    def spec_of(pip_lock: Lock, conda_lock: CondaLock) -> str:
+        return spec_hash(spec_document(
+            base_digest=base.digest, python=upstream["python"], platform=upstream["platform"], packages=pip_lock.packages,
+            template=template, frontend=settings.dockerfile_syntax, conda=conda_lock.spec_part(),
+        ))
+
+    key = compose.inputs_key(settings, upstream_record_digest, base.digest, requirements, template)
+    entry = state.read("conda-inputs", key)
+    try:
+        pip_lock, conda_lock = Lock(**entry["lock"]), CondaLock(**entry["conda"])
+        spec = entry["spec_hash"] if spec_of(pip_lock, conda_lock) == entry["spec_hash"] else None
+    except (TypeError, KeyError):
+        spec = None
+    if spec is None:
+        conda_lock = solve_extras(settings, env, upstream, upstream_run)
+        pip_lock = lock_pip_part(settings, env, upstream, conda_lock, upstream_run)
+        spec = spec_of(pip_lock, conda_lock)
+        state.write("conda-inputs", key, {"spec_hash": spec, "lock": asdict(pip_lock), "conda": asdict(conda_lock)})
+
+    compose._check_name_free(reg, repo, name, spec, update)
+    find = lambda: compose._cached_image(reg, repo, spec)  # noqa: E731
+    built_with: List[str] = []
+    keys = [name] + ([run_id] if run_id else [])
+
+    def build_it():
+        ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
+        image, record = _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock,
+                                          conda_lock, installer, ctx, built_with)
+        store_as_upstream(settings, record[0], upstream, keys)
+        return image, [record]
+
+    found = find()
+    built = False
+    if found is None:
+        found, built = build_once(reg, repo, spec, find, build_it)
+    image, records = found
+    record = next((r for r in records if r[0].get("name") == name), None)
+    if record is None:  # the same composition, recorded under another name so far
+        record = compose._publish_record(reg, repo, compose._record_for_name(records[0][0], name), image)
+        store_as_upstream(settings, record[0], upstream, keys)
+    compose._finish_tags(reg, repo, image, name, spec, record[1].digest, "built" if built else "reused")
+    return compose._result(settings, name, repo, image.digest, compose.unique_tag(name, spec), not built,
+                           record[1].digest, spec, built_with[0] if built else None)
+
+
+def _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock, conda_lock: CondaLock,
+                      installer: Installer, ctx: dict, built_with: List[str]):
+    """Build and push the image, then its record, then the spec tag (compose._build_and_record's order)."""
+    from . import compose
+    from .builders import BuildRequest, detect
+    from .names import ImageRef
+    from .records import BUILD_RECORD_SCHEMA, utc_now
+    from .spec import SPEC_VERSION
+
+    dockerfile, _ = render_conda(
+        base_ref=base.pinned(), base_name=compose._human_name(upstream["image"]), base_digest=base.digest,
+        python=upstream["python"], prefix=conda_lock.prefix, installer=installer, spec_hash=spec, syntax=settings.dockerfile_syntax,
+    )
+    builder = detect(settings)
+    tag = compose.unique_tag(name, spec)
+    target = ImageRef(settings.registry_host, repo, tag)
+    with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
+        context, secrets = compose._prepare_context(Path(tmp), dockerfile, pip_lock, settings)
+        if not pip_lock.added:
+            (context / "composer-extras.lock").write_text("", encoding="utf-8")  # the pip step then does nothing
+        prepare_conda_context(settings, context, conda_lock, installer, upstream, spec)
+        digest = builder.build_and_push(BuildRequest(
+            context=context, target=target, secrets=secrets, plain_http=reg.base.startswith("http:"), progress=settings.progress,
+        ))
+    built_with.append(builder.name)
+    image = compose._verify_image(settings, reg, repo, digest, base)
+    compose.checkpoint("after-image-push")
+    record = {
+        "schema": BUILD_RECORD_SCHEMA,
+        "name": name,
+        "image": {"repository": f"{settings.registry_host}/{repo}", "tag": tag, "digest": digest},
+        "base": {"repository": base.name, "digest": base.digest, "tag": upstream["image"].get("tag")},
+        "upstream": {"run": ctx["upstream_run"], "record": ctx["upstream_record"]},
+        "inputs": {"extra": ctx["extra"]},
+        "python": upstream["python"],
+        "platform": upstream["platform"],
+        # requirements: the extras as read_extras gives them (channel:, conda: and pip entries), for `rebuild`
+        "lock": {"requirements": list(requirements), "packages": pip_lock.packages, "added": [p["name"] for p in pip_lock.added]},
+        "conda": {"prefix": conda_lock.prefix, "channels": conda_lock.channels, "requirements": conda_lock.requirements,
+                  "packages": conda_lock.packages, "added": [p["name"] for p in conda_lock.added], "installer": installer.kind},
+        "spec_hash": spec,
+        "spec_version": SPEC_VERSION,
+        "builder": builder.name,
+        "dockerfile": dockerfile,
+        "composer_version": __version__,
+        "created": utc_now(),
+    }
+    published = compose._publish_record(reg, repo, record, image)
+    compose.checkpoint("after-record")
+    reg.tag(repo, digest, compose.spec_tag(spec))
+    compose.checkpoint("after-spec-tag")
+    return image, published
+
+
+def store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str]) -> None:
+    """A run record for the composed environment (so it can be another build's upstream), with its
+    prefix's new package list and the Python conda packages among its distributions."""
+    from .records import RUN_RECORD_SCHEMA
+    from .resolver import store_run_record
+
+    conda = record.get("conda") or {}
+    dists = {d["name"]: d for d in upstream["distributions"]}
+    dists.update({d["name"]: d for d in python_pins(conda.get("packages") or [], upstream["distributions"])})
+    dists.update({p["name"]: {"name": p["name"], "version": p["version"]} for p in record["lock"]["packages"]})
+    section = None
+    if upstream.get("conda"):
+        section = {**upstream["conda"], "packages": conda.get("packages") or upstream["conda"]["packages"],
+                   "packages_source": "composed"}
+        section["channels"] = sorted({p["channel"] for p in section["packages"] if p.get("channel")})
+    for key in keys:
+        store_run_record(settings, {
+            "schema": RUN_RECORD_SCHEMA,
+            "run": key,
+            "image": dict(record["image"]),
+            "python": dict(upstream["python"]),
+            "platform": dict(upstream["platform"]),
+            "distributions": sorted(dists.values(), key=lambda d: d["name"]),
+            "distributions_source": "composed",
+            "composed": {"name": record["name"], "spec_hash": record["spec_hash"]},
+            **({"conda": section} if section else {}),
+            "composer_version": __version__,
+            "created": record["created"],
+        })
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _worker()
