@@ -91,14 +91,17 @@ def _have_metaflow() -> bool:
 @contextmanager
 def _all_namespaces() -> Iterator[None]:
     """A pathspec names one run whoever started it: look in the global namespace, then restore."""
-    from metaflow import get_namespace, namespace
+    from metaflow import namespace
+    from metaflow.client import core
 
-    before = get_namespace()
+    # The module's own state, not get_namespace(): that would resolve the default namespace,
+    # which needs a user name (USERNAME) that a CI job may not have.
+    before = getattr(core, "current_namespace", False)
     namespace(None)
     try:
         yield
     finally:
-        namespace(before)
+        core.current_namespace = before
 
 
 def _metadata_str() -> str:
