@@ -120,9 +120,11 @@ def build_channel(root: Path) -> Path:
 
 
 _INDEX = """
-import os, sys
+import asyncio, os, sys
 from rattler.index import index_fs
-index_fs(sys.argv[1], write_zst=False, write_shards=False, force=True)
+done = index_fs(sys.argv[1], write_zst=False, write_shards=False, force=True)
+if asyncio.iscoroutine(done):
+    asyncio.run(done)
 sys.stdout.flush()
 os._exit(0)  # py-rattler's runtime can crash the interpreter at exit (see composer/conda.py _worker)
 """
