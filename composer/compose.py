@@ -144,6 +144,8 @@ def build(
     if record is None:  # the same composition, recorded under another name so far
         record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
         _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+    elif run_id and not built:  # a reused composition still becomes this run's environment
+        _ensure_run_record(settings, record[0], upstream, run_id)
     _finish_tags(reg, repo, image, name, spec, record[1].digest, "built" if built else "reused")
     return _result(settings, name, repo, image.digest, unique_tag(name, spec), not built, record[1].digest, spec,
                    built_with[0] if built else None)
@@ -310,6 +312,16 @@ def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: L
             "composer_version": __version__,
             "created": record["created"],
         })
+
+
+def _ensure_run_record(settings: Settings, record: dict, upstream: dict, run_id: str) -> None:
+    try:
+        current, _ = load_run(settings, run_id)
+        if current["image"]["digest"] == record["image"]["digest"]:
+            return
+    except NotFoundError:
+        pass
+    _store_as_upstream(settings, record, upstream, [run_id])
 
 
 def _finish_tags(reg: Registry, repo: str, image: Descriptor, name: str, spec: str, record: str, reason: str) -> None:

@@ -137,3 +137,13 @@ def test_name_template_and_composed_env_as_upstream(env, prefix, upstream_run, e
         nxt = build_json("--upstream-run", upstream, "--extra", str(more), "--name", "second-level", env=env)
         versions = _in_image(nxt["ref"], "import importlib.metadata as m; print(m.version('attrs'), m.version('iniconfig'), m.version('six'))")
         assert versions == "23.1.0 2.0.0 1.16.0"
+
+
+def test_a_reused_composition_is_still_recorded_for_the_new_run_id(env, upstream_run, extras, tmp_path):
+    first = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "fixed", "--run-id", "Expl/1", env=env)
+    again = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "fixed", "--run-id", "Expl/2", env=env)
+    assert again["cached"] is True and again["digest"] == first["digest"]
+    more = tmp_path / "more.txt"
+    more.write_text("six==1.16.0\n")
+    nxt = build_json("--upstream-run", "Expl/2", "--extra", str(more), "--name", "on-expl-2", env=env)
+    assert nxt["digest"] != first["digest"]
