@@ -212,7 +212,7 @@ def make_conda_upstream(ref: str, base_ref: str, channel_url: str, specs=UPSTREA
             "RUN --mount=type=bind,source=.,target=/tmp/ctx \\\n"
             f"    python3 -m venv --without-pip {PREFIX} && \\\n"
             f"    PYTHONPATH=/tmp/ctx/site python3 /tmp/ctx/install.py {PREFIX} {channel_url} {args} && \\\n"
-            "    rm -rf /tmp/rattler-cache\n"
+            "    rm -rf /tmp/rattler-cache /root/.cache/rattler\n"
             f"ENV PATH={PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CONDA_PREFIX={PREFIX}\n"
         )
         env = {**os.environ, "DOCKER_BUILDKIT": "1"}
