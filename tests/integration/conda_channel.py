@@ -19,6 +19,7 @@ The packages, and why each is there:
   six         1.16.0  noarch python with a `six` dist-info: a conda package that is also a
                       PyPI distribution, so the pip part of the extras must keep it
   clashing    1.0.0   depends tinyutil >=0.2   (conflicts with an upstream tinyutil 0.1.0)
+  overlap     1.0.0   ships share/tinyutil/data.txt, a file tinyutil already has in the prefix
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def build_channel(root: Path) -> Path:
     _py_package(root, "six", "1.16.0", [])
     make_package(root, "clashing", "1.0.0", noarch="generic", depends=["tinyutil >=0.2"],
                  files={"share/clashing/README": "clashing\n"})
+    make_package(root, "overlap", "1.0.0", noarch="generic", files={"share/tinyutil/data.txt": "not tinyutil's\n"})
     index_channel(root)
     return root
 

@@ -186,6 +186,14 @@ def test_conda_conflict_is_one_line_and_pushes_nothing(env, prefix, conda_run, c
     assert registry_tags(_repo(prefix, "envs")) == []
 
 
+def test_a_new_package_never_replaces_an_upstream_file(env, prefix, conda_run, channel, tmp_path):
+    extras = env_file(tmp_path, channel[0].url, ["overlap"])
+    proc = run_cli("build", "--upstream-run", conda_run, "--extra", str(extras), "--name", "overlap", env=env)
+    assert proc.returncode == 6, proc.stderr
+    assert f"{PREFIX}/share/tinyutil/data.txt is already in the upstream image" in one_error_line(proc)
+    assert "overlap" not in registry_tags(_repo(prefix, "envs"))
+
+
 def test_pip_part_keeps_conda_python_packages(env, conda_run, channel, tmp_path):
     # six comes from the conda solve; the pip part may not move it (uv sees it as a pin).
     extras = env_file(tmp_path, channel[0].url, ["six", {"pip": ["six>=1.17"]}])
