@@ -238,9 +238,12 @@ class WorkerError(Exception):
         self.kind, self.message = kind, message
 
 
-def _worker_call(op: str, payload: dict, timeout: int = 3600):
-    """Run one py-rattler operation (solve, install) in a worker process, see _worker()."""
+def _worker_call(op: str, payload: dict, timeout: int = 3600, ca: Optional[str] = None):
+    """Run one py-rattler operation (solve, install) in a worker process, see _worker().
+    ca: composer's CA bundle; the worker's TLS uses the system roots, which honour SSL_CERT_FILE."""
     env = dict(os.environ)
+    if ca:
+        env["SSL_CERT_FILE"] = ca
     root = str(Path(__file__).resolve().parent.parent)  # composer importable there, installed or not
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
@@ -389,7 +392,7 @@ def solve_extras(settings: Settings, env: EnvironmentFile, upstream: dict, run_i
         solved = _worker_call("solve", {
             "channels": [_channel_url(c) for c in channels], "specs": list(env.conda), "subdir": subdir_of(upstream),
             "pinned": up["packages"], "virtual": _virtual_packages(upstream), "cache": str(cache_dir("repodata")),
-        })
+        }, ca=settings.ca_bundle_path())
     except WorkerError as exc:
         if exc.kind == "SolverError":
             raise explain_solve_failure(exc.message, list(env.conda), up["packages"], run_id, channels)

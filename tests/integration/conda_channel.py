@@ -205,7 +205,13 @@ def make_conda_upstream(ref: str, base_ref: str, channel_url: str, specs=UPSTREA
         docker = "/usr/bin/docker"
     with tempfile.TemporaryDirectory(prefix="conda-upstream-") as tmp:
         ctx = Path(tmp)
-        shutil.copytree(Path(rattler.__file__).parent, ctx / "site" / "rattler", copy_function=os.link,
+        def link_or_copy(src, dst):
+            try:
+                os.link(src, dst)
+            except OSError:  # another filesystem
+                shutil.copy2(src, dst)
+
+        shutil.copytree(Path(rattler.__file__).parent, ctx / "site" / "rattler", copy_function=link_or_copy,
                         ignore=shutil.ignore_patterns("__pycache__"))
         (ctx / "install.py").write_text(_IN_IMAGE_INSTALL)
         args = " ".join(f"'{s}'" for s in specs)
