@@ -4,9 +4,7 @@ the installer choice, the host staging tree, the Dockerfile and the spec hash's 
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import io
 import json
 import os
 import subprocess
