@@ -421,7 +421,7 @@ class Bench:
     def run_size(self, size: str) -> dict:
         runs = self.args.runs
         log(f"{size}: {' '.join(SIZES[size])}: warm-up round (untimed: fills uv's caches)")
-        warm = Round(self, size)
+        warm = self.current = Round(self, size)
         self.prepare_size(size, warm)
         for row in ("buildkit", "daemonless", "floor"):
             self.measure(warm, row)
@@ -429,6 +429,7 @@ class Bench:
         rows: Dict[str, List[dict]] = {r: [] for r in ROWS}
         for i in range(runs):
             round_ = Round(self, size)
+            self.current = round_
             for row in ROWS:
                 log(f"{size}: run {i + 1}/{runs}: {row}")
                 rows[row].append(self.measure(round_, row))
@@ -454,6 +455,12 @@ class Bench:
                 "daemonless_same_layer_every_run": len(daemonless_layers) == 1, "new_layers_every_run": fresh}
 
     def close(self) -> None:
+        current = getattr(self, "current", None)
+        if current is not None:
+            current.cleanup()
+        shared = getattr(self, "shared_upstream", None)
+        if shared:  # the tag only: its image is the one make-upstream.sh builds every time
+            subprocess.run([DOCKER, "rmi", shared], capture_output=True)
         self.proxy.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
