@@ -247,7 +247,8 @@ def _buildctl(settings: Settings) -> Optional[Builder]:
 
 
 def detect(settings: Settings) -> Builder:
-    want = settings.builder
+    """A BuildKit builder; 'auto' and 'daemonless' (falling back to BuildKit) take the first found."""
+    want = "auto" if settings.builder == "daemonless" else settings.builder
     if want in ("auto", "buildctl"):
         b = _buildctl(settings)
         if b:

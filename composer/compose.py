@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -154,20 +155,9 @@ def build(
 def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, spec: str, base: ImageRef,
                       upstream: dict, lock: Lock, ctx: dict, built_with: List[str]) -> Tuple[Descriptor, Tuple[dict, Descriptor]]:
     """Build and push the image, then its record, then the spec tag (the cache entry)."""
-    dockerfile, _ = render_pip(
-        base_ref=base.pinned(), base_name=_human_name(upstream["image"]),
-        base_digest=base.digest, python=upstream["python"], spec_hash=spec, syntax=settings.dockerfile_syntax,
-    )
-    builder = detect(settings)
     tag = unique_tag(name, spec)
-    target = ImageRef(settings.registry_host, repo, tag)
-    with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
-        context, secrets = _prepare_context(Path(tmp), dockerfile, lock, settings)
-        digest = builder.build_and_push(BuildRequest(
-            context=context, target=target, secrets=secrets,
-            plain_http=reg.base.startswith("http:"), progress=settings.progress,
-        ))
-    built_with.append(builder.name)
+    digest, builder_name, dockerfile = _build_image(settings, reg, repo, tag, spec, base, upstream, lock)
+    built_with.append(builder_name)
     image = _verify_image(settings, reg, repo, digest, base)
     checkpoint("after-image-push")
     record = {
@@ -182,8 +172,8 @@ def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, s
         "lock": {"requirements": lock.requirements, "packages": lock.packages, "added": [p["name"] for p in lock.added]},
         "spec_hash": spec,
         "spec_version": SPEC_VERSION,
-        "builder": builder.name,
-        "dockerfile": dockerfile,
+        "builder": builder_name,
+        "dockerfile": dockerfile,  # with the daemonless builder: the Dockerfile that gives the same layer
         "composer_version": __version__,
         "created": utc_now(),
     }
@@ -192,6 +182,48 @@ def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, s
     reg.tag(repo, digest, spec_tag(spec))
     checkpoint("after-spec-tag")
     return image, published
+
+
+def _build_image(settings: Settings, reg: Registry, repo: str, tag: str, spec: str, base: ImageRef, upstream: dict,
+                 lock: Lock) -> Tuple[str, str, str]:
+    """Push the composed image under tag: (digest, builder name, Dockerfile).
+
+    The daemonless builder when it can (auto, daemonless): the same files as the
+    Dockerfile's layer, without a daemon; otherwise BuildKit, saying why.
+    """
+    dockerfile, template = render_pip(
+        base_ref=base.pinned(), base_name=_human_name(upstream["image"]),
+        base_digest=base.digest, python=upstream["python"], spec_hash=spec, syntax=settings.dockerfile_syntax,
+    )
+    if settings.builder in ("auto", "daemonless"):
+        from . import daemonless
+
+        reason = daemonless.unsupported_reason(lock, upstream)
+        if reason is None:
+            labels = {
+                "org.opencontainers.image.base.name": _human_name(upstream["image"]),
+                "org.opencontainers.image.base.digest": base.digest,
+                "dev.composer.spec-hash": spec,
+                "dev.composer.template": template,
+                "dev.composer.version": __version__,
+            }
+            try:
+                digest = daemonless.build_and_push(settings=settings, reg=reg, repo=repo, tag=tag, base=base,
+                                                   upstream=upstream, lock=lock, spec_hash=spec, labels=labels,
+                                                   env={"COMPOSER_SPEC_HASH": spec})
+                return digest, "daemonless", dockerfile
+            except daemonless.NeedsBuildKit as exc:
+                reason = exc.reason
+        if settings.progress != "quiet" or settings.builder == "daemonless":
+            print(f"composer: building with BuildKit: the daemonless builder cannot ({reason})", file=sys.stderr)
+    builder = detect(settings)
+    with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
+        context, secrets = _prepare_context(Path(tmp), dockerfile, lock, settings)
+        digest = builder.build_and_push(BuildRequest(
+            context=context, target=ImageRef(settings.registry_host, repo, tag), secrets=secrets,
+            plain_http=reg.base.startswith("http:"), progress=settings.progress,
+        ))
+    return digest, builder.name, dockerfile
 
 
 def checkpoint(stage: str) -> None:

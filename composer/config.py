@@ -22,7 +22,7 @@ import tomli
 from .errors import UsageError
 from .names import HOST_RE, REPOSITORY_RE
 
-BUILDERS = ("auto", "buildctl", "buildx", "docker")
+BUILDERS = ("auto", "daemonless", "buildctl", "buildx", "docker")
 DEFAULT_CA_PATHS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 

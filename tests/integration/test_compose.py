@@ -23,8 +23,11 @@ def _in_image(ref: str, code: str) -> str:
     return proc.stdout.strip()
 
 
-def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, extras, model_a, tmp_path):
+@pytest.mark.parametrize("builder", ["docker", "daemonless"])
+def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, extras, model_a, tmp_path, builder):
+    env = {**env, "COMPOSER_BUILDER": builder}
     out = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "explainer-a", env=env)
+    assert out["builder"] == builder
     repo = _repo(prefix, "envs")
     assert out["cached"] is False
     assert out["ref"] == f"{prefix}/envs@{out['digest']}"

@@ -33,7 +33,8 @@ def _image_bytes(ref: str) -> bytes:
     return b"\n".join(chunks)
 
 
-def test_planted_token_appears_nowhere(env, prefix, upstream_run, tmp_path):
+@pytest.mark.parametrize("builder", ["docker", "daemonless"])
+def test_planted_token_appears_nowhere(env, prefix, upstream_run, tmp_path, builder):
     # The CA bundle is a real one with the token in a comment (PEM readers skip text outside blocks).
     ca = tmp_path / "ca.pem"
     ca.write_text(open("/etc/ssl/certs/ca-certificates.crt").read() + f"\n# {TOKEN}\n")
@@ -44,10 +45,12 @@ def test_planted_token_appears_nowhere(env, prefix, upstream_run, tmp_path):
         "COMPOSER_INDEX_URL": f"https://tokenuser:{TOKEN}@pypi.org/simple",
         "COMPOSER_CA_BUNDLE": str(ca),
         "COMPOSER_PROGRESS": "plain",
+        "COMPOSER_BUILDER": builder,
     }
     proc = run_cli("build", "--upstream-run", upstream_run, "--extra", str(extras), "--name", "secret-check", "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
+    assert out["builder"] == builder
     assert TOKEN not in proc.stdout and TOKEN not in proc.stderr  # logs, with the full build output
 
     shown = run_cli("show", "secret-check", "--json", env=env)
