@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Set
 
 from .compose import env_repository, resolve
 from .config import Settings

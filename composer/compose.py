@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import __version__
 from .builders import BuildRequest, detect
@@ -126,38 +126,58 @@ def build(
         spec = spec_of(lock)
         state.write("inputs", key, {"spec_hash": spec, "lock": asdict(lock)})
 
-    _check_name_free(reg, repo, name, spec, update)
-    find = lambda: _cached_image(reg, repo, spec)  # noqa: E731
-    built_with: List[str] = []
+    ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
+    return publish(
+        settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id,
+        build_it=lambda: _build_and_record(settings, reg, repo, name, spec, base, upstream, lock, ctx),
+        as_upstream=lambda record, keys: _store_as_upstream(settings, record, upstream, keys),
+    )
 
-    def build_it() -> Tuple[Descriptor, list]:
-        build_ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
-        image, record = _build_and_record(settings, reg, repo, name, spec, base, upstream, lock, build_ctx, built_with)
-        _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+
+def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: str, update: bool, run_id: Optional[str],
+            build_it: Callable[[], Tuple[Descriptor, Tuple[dict, Descriptor]]],
+            as_upstream: Callable[[dict, List[str]], None]) -> BuildResult:
+    """What every kind of environment shares once its spec is known: the name check, the cache,
+    one builder per spec (build_it pushes the image, its record and the spec tag), a record
+    per name, the run records (as_upstream), then the name's history and tag, last."""
+    _check_name_free(reg, repo, name, spec, update)
+    keys = [name] + ([run_id] if run_id else [])
+    find = lambda: _cached_image(reg, repo, spec)  # noqa: E731
+
+    def build_and_store() -> Tuple[Descriptor, list]:
+        image, record = build_it()
+        as_upstream(record[0], keys)
         return image, [record]
 
     found = find()
     built = False
     if found is None:
-        found, built = build_once(reg, repo, spec, find, build_it)
+        found, built = build_once(reg, repo, spec, find, build_and_store)
     image, records = found
     record = next((r for r in records if r[0].get("name") == name), None)
     if record is None:  # the same composition, recorded under another name so far
         record = _publish_record(reg, repo, _record_for_name(records[0][0], name), image)
-        _store_as_upstream(settings, record[0], upstream, [name] + ([run_id] if run_id else []))
+        as_upstream(record[0], keys)
     elif run_id and not built:  # a reused composition still becomes this run's environment
-        _ensure_run_record(settings, record[0], upstream, run_id)
+        _ensure_run_record(settings, record[0], run_id, as_upstream)
     _finish_tags(reg, repo, image, name, spec, record[1].digest, "built" if built else "reused")
     return _result(settings, name, repo, image.digest, unique_tag(name, spec), not built, record[1].digest, spec,
-                   built_with[0] if built else None)
+                   record[0]["builder"] if built else None)
 
 
 def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, spec: str, base: ImageRef,
-                      upstream: dict, lock: Lock, ctx: dict, built_with: List[str]) -> Tuple[Descriptor, Tuple[dict, Descriptor]]:
-    """Build and push the image, then its record, then the spec tag (the cache entry)."""
+                      upstream: dict, lock: Lock, ctx: dict) -> Tuple[Descriptor, Tuple[dict, Descriptor]]:
     tag = unique_tag(name, spec)
     digest, builder_name, dockerfile = _build_image(settings, reg, repo, tag, spec, base, upstream, lock)
-    built_with.append(builder_name)
+    return record_and_tag(settings, reg, repo, name=name, spec=spec, tag=tag, digest=digest, base=base, upstream=upstream,
+                          ctx=ctx, requirements=lock.requirements, lock=lock, builder=builder_name, dockerfile=dockerfile)
+
+
+def record_and_tag(settings: Settings, reg: Registry, repo: str, *, name: str, spec: str, tag: str, digest: str,
+                   base: ImageRef, upstream: dict, ctx: dict, requirements: List[str], lock: Lock, builder: str,
+                   dockerfile: str, extra: Optional[dict] = None) -> Tuple[Descriptor, Tuple[dict, Descriptor]]:
+    """After the image is pushed: verify it, push its record, then the spec tag (the cache entry).
+    extra: fields a kind of environment adds to the record (e.g. "conda")."""
     image = _verify_image(settings, reg, repo, digest, base)
     checkpoint("after-image-push")
     record = {
@@ -169,10 +189,11 @@ def _build_and_record(settings: Settings, reg: Registry, repo: str, name: str, s
         "inputs": {"extra": ctx["extra"]},  # provenance for `composer rebuild`; not part of the spec
         "python": upstream["python"],
         "platform": upstream["platform"],
-        "lock": {"requirements": lock.requirements, "packages": lock.packages, "added": [p["name"] for p in lock.added]},
+        "lock": {"requirements": list(requirements), "packages": lock.packages, "added": [p["name"] for p in lock.added]},
+        **(extra or {}),
         "spec_hash": spec,
         "spec_version": SPEC_VERSION,
-        "builder": builder_name,
+        "builder": builder,
         "dockerfile": dockerfile,  # with the daemonless builder: the Dockerfile that gives the same layer
         "composer_version": __version__,
         "created": utc_now(),
@@ -327,9 +348,12 @@ def _publish_record(reg: Registry, repo: str, record: dict, image: Descriptor) -
     return record, desc
 
 
-def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str]) -> None:
-    """Write a run record for the composed environment, so it can be another build's upstream."""
+def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str],
+                       more_dists: Iterable[dict] = (), extra: Optional[dict] = None) -> None:
+    """Write a run record for the composed environment, so it can be another build's upstream.
+    more_dists / extra: what a kind of environment adds (e.g. conda's python packages and section)."""
     dists = {d["name"]: d for d in upstream["distributions"]}
+    dists.update({d["name"]: d for d in more_dists})
     dists.update({p["name"]: {"name": p["name"], "version": p["version"]} for p in record["lock"]["packages"]})
     for key in keys:
         store_run_record(settings, {
@@ -341,19 +365,20 @@ def _store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: L
             "distributions": sorted(dists.values(), key=lambda d: d["name"]),
             "distributions_source": "composed",
             "composed": {"name": record["name"], "spec_hash": record["spec_hash"]},
+            **(extra or {}),
             "composer_version": __version__,
             "created": record["created"],
         })
 
 
-def _ensure_run_record(settings: Settings, record: dict, upstream: dict, run_id: str) -> None:
+def _ensure_run_record(settings: Settings, record: dict, run_id: str, as_upstream: Callable[[dict, List[str]], None]) -> None:
     try:
         current, _ = load_run(settings, run_id)
         if current["image"]["digest"] == record["image"]["digest"]:
             return
     except NotFoundError:
         pass
-    _store_as_upstream(settings, record, upstream, [run_id])
+    as_upstream(record, [run_id])
 
 
 def _finish_tags(reg: Registry, repo: str, image: Descriptor, name: str, spec: str, record: str, reason: str) -> None:

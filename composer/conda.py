@@ -692,7 +692,6 @@ def build_conda(settings: Settings, *, upstream_run: str, extra: str, requiremen
     publishing (compose's own helpers), with the conda solve before the uv lock and the conda template."""
     from . import compose
     from .dockerfile import load_template
-    from .lease import build_once
     from .lock import Lock
     from .spec import spec_document, spec_hash
 
@@ -720,41 +719,21 @@ def build_conda(settings: Settings, *, upstream_run: str, extra: str, requiremen
         spec = spec_of(pip_lock, conda_lock)
         state.write("conda-inputs", key, {"spec_hash": spec, "lock": asdict(pip_lock), "conda": asdict(conda_lock)})
 
-    compose._check_name_free(reg, repo, name, spec, update)
-    find = lambda: compose._cached_image(reg, repo, spec)  # noqa: E731
-    built_with: List[str] = []
-    keys = [name] + ([run_id] if run_id else [])
-
-    def build_it():
-        ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
-        image, record = _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock,
-                                          conda_lock, installer, ctx, built_with)
-        store_as_upstream(settings, record[0], upstream, keys)
-        return image, [record]
-
-    found = find()
-    built = False
-    if found is None:
-        found, built = build_once(reg, repo, spec, find, build_it)
-    image, records = found
-    record = next((r for r in records if r[0].get("name") == name), None)
-    if record is None:  # the same composition, recorded under another name so far
-        record = compose._publish_record(reg, repo, compose._record_for_name(records[0][0], name), image)
-        store_as_upstream(settings, record[0], upstream, keys)
-    compose._finish_tags(reg, repo, image, name, spec, record[1].digest, "built" if built else "reused")
-    return compose._result(settings, name, repo, image.digest, compose.unique_tag(name, spec), not built,
-                           record[1].digest, spec, built_with[0] if built else None)
+    ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
+    return compose.publish(
+        settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id,
+        build_it=lambda: _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock,
+                                           conda_lock, installer, ctx),
+        as_upstream=lambda record, keys: store_as_upstream(settings, record, upstream, keys),
+    )
 
 
 def _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock, conda_lock: CondaLock,
-                      installer: Installer, ctx: dict, built_with: List[str]):
-    """Build and push the image, then its record, then the spec tag (compose._build_and_record's order)."""
+                      installer: Installer, ctx: dict):
+    """Build and push the image; compose.record_and_tag then pushes its record and the spec tag."""
     from . import compose
     from .builders import BuildRequest, detect
     from .names import ImageRef
-    from .records import BUILD_RECORD_SCHEMA, utc_now
-    from .spec import SPEC_VERSION
-
     dockerfile, _ = render_conda(
         base_ref=base.pinned(), base_name=compose._human_name(upstream["image"]), base_digest=base.digest,
         python=upstream["python"], prefix=conda_lock.prefix, installer=installer, spec_hash=spec, syntax=settings.dockerfile_syntax,
@@ -770,65 +749,28 @@ def _build_and_record(settings, reg, repo, name, spec, base, upstream, requireme
         digest = builder.build_and_push(BuildRequest(
             context=context, target=target, secrets=secrets, plain_http=reg.base.startswith("http:"), progress=settings.progress,
         ))
-    built_with.append(builder.name)
-    image = compose._verify_image(settings, reg, repo, digest, base)
-    compose.checkpoint("after-image-push")
-    record = {
-        "schema": BUILD_RECORD_SCHEMA,
-        "name": name,
-        "image": {"repository": f"{settings.registry_host}/{repo}", "tag": tag, "digest": digest},
-        "base": {"repository": base.name, "digest": base.digest, "tag": upstream["image"].get("tag")},
-        "upstream": {"run": ctx["upstream_run"], "record": ctx["upstream_record"]},
-        "inputs": {"extra": ctx["extra"]},
-        "python": upstream["python"],
-        "platform": upstream["platform"],
-        # requirements: the extras as read_extras gives them (channel:, conda: and pip entries), for `rebuild`
-        "lock": {"requirements": list(requirements), "packages": pip_lock.packages, "added": [p["name"] for p in pip_lock.added]},
-        "conda": {"prefix": conda_lock.prefix, "channels": conda_lock.channels, "requirements": conda_lock.requirements,
-                  "packages": conda_lock.packages, "added": [p["name"] for p in conda_lock.added], "installer": installer.kind},
-        "spec_hash": spec,
-        "spec_version": SPEC_VERSION,
-        "builder": builder.name,
-        "dockerfile": dockerfile,
-        "composer_version": __version__,
-        "created": utc_now(),
-    }
-    published = compose._publish_record(reg, repo, record, image)
-    compose.checkpoint("after-record")
-    reg.tag(repo, digest, compose.spec_tag(spec))
-    compose.checkpoint("after-spec-tag")
-    return image, published
+    conda = {"prefix": conda_lock.prefix, "channels": conda_lock.channels, "requirements": conda_lock.requirements,
+             "packages": conda_lock.packages, "added": [p["name"] for p in conda_lock.added], "installer": installer.kind}
+    # requirements: the extras as read_extras gives them (channel:, conda: and pip entries), for `rebuild`
+    return compose.record_and_tag(settings, reg, repo, name=name, spec=spec, tag=tag, digest=digest, base=base,
+                                  upstream=upstream, ctx=ctx, requirements=requirements, lock=pip_lock,
+                                  builder=builder.name, dockerfile=dockerfile, extra={"conda": conda})
 
 
 def store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str]) -> None:
     """A run record for the composed environment (so it can be another build's upstream), with its
     prefix's new package list and the Python conda packages among its distributions."""
-    from .records import RUN_RECORD_SCHEMA
-    from .resolver import store_run_record
+    from . import compose
 
     conda = record.get("conda") or {}
-    dists = {d["name"]: d for d in upstream["distributions"]}
-    dists.update({d["name"]: d for d in python_pins(conda.get("packages") or [], upstream["distributions"])})
-    dists.update({p["name"]: {"name": p["name"], "version": p["version"]} for p in record["lock"]["packages"]})
     section = None
     if upstream.get("conda"):
         section = {**upstream["conda"], "packages": conda.get("packages") or upstream["conda"]["packages"],
                    "packages_source": "composed"}
         section["channels"] = sorted({p["channel"] for p in section["packages"] if p.get("channel")})
-    for key in keys:
-        store_run_record(settings, {
-            "schema": RUN_RECORD_SCHEMA,
-            "run": key,
-            "image": dict(record["image"]),
-            "python": dict(upstream["python"]),
-            "platform": dict(upstream["platform"]),
-            "distributions": sorted(dists.values(), key=lambda d: d["name"]),
-            "distributions_source": "composed",
-            "composed": {"name": record["name"], "spec_hash": record["spec_hash"]},
-            **({"conda": section} if section else {}),
-            "composer_version": __version__,
-            "created": record["created"],
-        })
+    compose._store_as_upstream(settings, record, upstream, keys,
+                               more_dists=python_pins(conda.get("packages") or [], upstream["distributions"]),
+                               extra={"conda": section} if section else None)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

@@ -270,10 +270,21 @@ class Registry:
         """Store a manifest under a tag or its digest. Returns its descriptor and whether the
         registry processed its subject (OCI-Subject header: the referrers API exists)."""
         digest = sha256_digest(body)
-        resp = self._request(
-            "PUT", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull,push",
-            headers={"Content-Type": media_type}, data=body, allow=(201,),
-        )
+        for attempt in range(self.attempts):
+            resp = self._request(
+                "PUT", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull,push",
+                headers={"Content-Type": media_type}, data=body, allow=(201, 400),
+            )
+            if resp.status_code == 201:
+                break
+            # A blob the manifest names can read as unknown or invalid for a moment while a
+            # concurrent upload of the same blob commits (distribution's filesystem storage).
+            if _error_code(resp) not in ("DIGEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN") or attempt == self.attempts - 1:
+                raise RegistryError(
+                    f"registry {self.host} refused manifest {repo}:{ref}{_error_detail(resp)}",
+                    "check that every blob it names was pushed",
+                )
+            time.sleep(0.2 * (attempt + 1))
         claimed = resp.headers.get("Docker-Content-Digest")
         if claimed and claimed != digest:
             raise VerificationError(f"registry {self.host} stored {repo}:{ref} as {claimed}, expected {digest}", "the registry is inconsistent")
@@ -312,33 +323,8 @@ class Registry:
         return resp.content
 
     def push_blob(self, repo: str, data: bytes, media_type: str) -> Descriptor:
-        digest = sha256_digest(data)
-        desc = Descriptor(media_type, digest, len(data))
-        if self.blob_exists(repo, digest):
-            return desc
-        scope = f"repository:{repo}:pull,push"
-        # An upload session does not survive a failed PUT: retry the whole POST + PUT.
-        problem: Optional[RegistryError] = None
-        for attempt in range(self.attempts):
-            try:
-                start = self._request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, allow=(202,))
-                location = start.headers.get("Location", "")
-                if not location:
-                    raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
-                if not location.startswith("http"):
-                    location = self.base + location
-                sep = "&" if "?" in location else "?"
-                self._request(
-                    "PUT", f"{location}{sep}digest={digest}", scope=scope, retry=False,
-                    headers={"Content-Type": "application/octet-stream"}, data=data, allow=(201,),
-                )
-                return desc
-            except RegistryError as exc:
-                problem = exc
-                if self.blob_exists(repo, digest):  # the PUT landed though its answer was lost
-                    return desc
-        assert problem is not None
-        raise problem
+        """Push bytes as a blob unless repo has it (see upload_blob)."""
+        return self.upload_blob(repo, sha256_digest(data), len(data), data=data, media_type=media_type)
 
     def delete_manifest(self, repo: str, digest: str) -> None:
         """Delete a manifest by digest (its tags go with it); already gone is fine."""
@@ -585,6 +571,14 @@ def _short_reason(exc: Exception) -> str:
         if marker.lower() in text.lower():
             return marker.lower()
     return type(exc).__name__
+
+
+def _error_code(resp: requests.Response) -> str:
+    try:
+        errors = resp.json().get("errors") or []
+        return str(errors[0].get("code", "")) if errors else ""
+    except (ValueError, AttributeError):
+        return ""
 
 
 def _error_detail(resp: requests.Response) -> str:
