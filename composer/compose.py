@@ -28,7 +28,7 @@ from .config import Settings
 from .dockerfile import load_template, render_pip
 from .errors import LockConflictError, NotFoundError, UsageError, VerificationError
 from .history import append_version, read_history
-from .lease import build_once
+from .lease import build_once, confirm_ownership
 from .lock import Lock, lock_extras, uv_binary
 from .names import ImageRef, SPEC_TAG_CHARS, check_name, parse_image_ref, render_name
 from .records import (
@@ -118,13 +118,14 @@ def build(
             packages=lock.packages, template=template, frontend=settings.dockerfile_syntax,
         ))
 
-    # Same inputs as an earlier build on this machine: reuse its lock, skip resolution.
-    key = inputs_key(settings, upstream_record_digest, base.digest, requirements, template)
-    lock, spec = _known_lock(key, spec_of)
+    # The same lock inputs as an earlier build on this machine (even for another upstream run
+    # with the same pins): reuse its lock, skip resolution.
+    key = lock_key(settings, upstream, requirements)
+    lock = _known_lock(key, upstream)
     if lock is None:
         lock = lock_extras(settings, requirements, upstream, upstream_run)
-        spec = spec_of(lock)
-        state.write("inputs", key, {"spec_hash": spec, "lock": asdict(lock)})
+        state.write("locks", key, {"lock": asdict(lock), "lock_hash": _lock_hash(lock)})
+    spec = spec_of(lock)
 
     ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
     return publish(
@@ -198,6 +199,7 @@ def record_and_tag(settings: Settings, reg: Registry, repo: str, *, name: str, s
         "composer_version": __version__,
         "created": utc_now(),
     }
+    confirm_ownership()  # a builder that lost a start-up race publishes nothing
     published = _publish_record(reg, repo, record, image)
     checkpoint("after-record")
     reg.tag(repo, digest, spec_tag(spec))
@@ -275,7 +277,7 @@ def _moved_base(settings: Settings, upstream: dict, tag_ref: str) -> dict:
 
 
 def inputs_key(settings: Settings, upstream_record: str, base: str, requirements: List[str], template: str) -> str:
-    """Everything a lock depends on, hashed: the upstream record, the extras, the index, the template."""
+    """The conda path's lock cache key: the upstream record, base, extras, index and template."""
     secretless = lambda url: sha256_digest(url.encode()) if url else None  # noqa: E731  (never store a token)
     return sha256_digest(canonical_json({
         "inputs": "composer.inputs/v1", "upstream_record": upstream_record, "base": base, "requirements": sorted(requirements),
@@ -284,18 +286,37 @@ def inputs_key(settings: Settings, upstream_record: str, base: str, requirements
     }))
 
 
-def _known_lock(key: str, spec_of) -> Tuple[Optional[Lock], Optional[str]]:
-    entry = state.read("inputs", key)
+def lock_key(settings: Settings, upstream: dict, requirements: List[str]) -> str:
+    """Everything a pip lock depends on, hashed: the upstream's pins, python and platform, the
+    extras and the index. Not the image or run: a new run with the same pins locks the same."""
+    secretless = lambda url: sha256_digest(url.encode()) if url else None  # noqa: E731  (never store a token)
+    return sha256_digest(canonical_json({
+        "inputs": "composer.lock-inputs/v1",
+        "pins": sorted(f"{d['name']}=={d['version']}" for d in upstream["distributions"]),
+        "python": upstream["python"]["version"], "platform": upstream["platform"]["python_platform"],
+        "requirements": sorted(requirements),
+        "index_url": secretless(settings.index_url), "extra_index_url": secretless(settings.extra_index_url),
+    }))
+
+
+def _lock_hash(lock: Lock) -> str:
+    return sha256_digest(canonical_json(asdict(lock)))
+
+
+def _known_lock(key: str, upstream: dict) -> Optional[Lock]:
+    entry = state.read("locks", key)
     if entry is None:
-        return None, None
+        return None
     try:
         lock = Lock(**entry["lock"])
     except (TypeError, KeyError):
-        return None, None
-    # Re-derive the spec from the cached lock: an entry that disagrees with itself is not used.
-    if spec_of(lock) != entry.get("spec_hash"):
-        return None, None
-    return lock, entry["spec_hash"]
+        return None
+    # Checked twice over: an entry that disagrees with itself, or that would move an upstream
+    # pin, is not used (the registry still decides whether the composition exists).
+    pins = {d["name"]: d["version"] for d in upstream["distributions"]}
+    if entry.get("lock_hash") != _lock_hash(lock) or any(pins.get(p["name"], p["version"]) != p["version"] for p in lock.packages):
+        return None
+    return lock
 
 
 def _human_name(image: dict) -> str:

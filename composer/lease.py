@@ -1,9 +1,10 @@
 """One builder per spec, across processes and machines that share a registry.
 
-Registries have no compare-and-swap, so the lease is "last writer wins, then
-settle": a builder writes its lease under lease-<spec hash>, waits a moment,
-and reads it back. Only the builder that still sees its own lease builds; the
-others wait for the spec tag to appear and then use that image. The holder
+Registries have no compare-and-swap, so the lease is "last writer wins": a
+builder writes its lease under lease-<spec hash> and reads it back; a builder
+that sees another's live lease waits for the spec tag and then uses that image.
+Builders that raced (both read back their own lease) both build, but only the
+last writer publishes: each checks the lease again right before its record. The holder
 renews the lease while it builds; a lease that stops being renewed, or whose
 holder is a dead process on this host, is taken over. This keeps concurrent
 identical builds to one image and one record without any local shared state.
@@ -11,6 +12,7 @@ identical builds to one image and one record without any local shared state.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as _dt
 import os
 import socket
@@ -85,6 +87,9 @@ class _Lease:
         reg.base = self.reg.base
         while not self._stop.wait(_seconds("COMPOSER_LEASE_RENEW", 10)):
             try:
+                got = read_record(reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
+                if got is None or got[0].get("owner") != self.owner:
+                    return  # lost to another builder: never write over its lease
                 self.write(reg)
             except Exception:  # a missed renewal only risks a duplicate build, never a wrong result
                 pass
@@ -104,21 +109,44 @@ class _Lease:
             pass
 
 
+class LostLease(Exception):
+    """Another builder took the lease over while this one was building."""
+
+
+_ACTIVE: "contextvars.ContextVar[Optional[_Lease]]" = contextvars.ContextVar("composer_lease", default=None)
+
+
+def confirm_ownership() -> None:
+    """Called right before a build publishes its record: raise LostLease when another builder
+    wrote the lease after this one (a race at the start). Its image is then not published;
+    the winner's is used. Outside a lease this does nothing."""
+    lease = _ACTIVE.get()
+    if lease is None:
+        return
+    current = lease.read()
+    if current is None or current.get("owner") != lease.owner:
+        raise LostLease()
+
+
 def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[T]], build: Callable[[], T]) -> Tuple[T, bool]:
-    """find() or build() under the spec's lease: (result, True if this process built it)."""
-    lease = _Lease(reg, repo, spec)
+    """find() or build() under the spec's lease: (result, True if this process built it).
+
+    No settling pause on the way in: racing builders that both read back their own lease
+    both start, and the ownership check before publishing (confirm_ownership) lets only
+    the last writer publish; the others then wait for its spec tag.
+    """
     deadline = time.monotonic() + _seconds("COMPOSER_LEASE_WAIT", 3600)
     poll = _seconds("COMPOSER_LEASE_POLL", 0.5)
     while time.monotonic() < deadline:
         found = find()
         if found is not None:
             return found, False
+        lease = _Lease(reg, repo, spec)
         current = lease.read()
-        if current is not None and current.get("owner") != lease.owner and not lease.stale(current):
+        if current is not None and not lease.stale(current):
             time.sleep(poll)  # another builder holds it: wait for its spec tag
             continue
         lease.write()
-        time.sleep(_seconds("COMPOSER_LEASE_SETTLE", 0.5))
         current = lease.read()
         if current is None or current.get("owner") != lease.owner:
             continue  # another builder wrote after us and won
@@ -127,8 +155,12 @@ def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[
             lease.release()
             return found, False
         lease.hold()
+        token = _ACTIVE.set(lease)
         try:
             return build(), True
+        except LostLease:
+            continue
         finally:
+            _ACTIVE.reset(token)
             lease.release()
     raise BuildError(f"waited too long for another build of spec {spec[:19]}", "check the other build, or rerun")

@@ -146,7 +146,7 @@ def test_bytes_that_do_not_match_their_digest_are_refused(env, prefix, upstream_
 def test_a_local_cache_entry_that_lies_is_not_used(env, prefix, upstream_run, extras, tmp_path):
     env = {**env, "COMPOSER_STATE_DIR": str(tmp_path / "state")}
     first = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
-    entry = next((tmp_path / "state" / "inputs").glob("*.json"))
+    entry = next((tmp_path / "state" / "locks").glob("*.json"))
     # Rewrite the entry consistently (valid checksum) but with a lock that is not what was built.
     from composer.canonical import canonical_json, sha256_digest
 
@@ -162,3 +162,34 @@ def test_a_local_cache_entry_that_lies_is_not_used(env, prefix, upstream_run, ex
     entry.write_bytes(b"{torn")  # a crash mid-write elsewhere: read as absent, never as valid
     third = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
     assert third["digest"] == first["digest"]
+
+
+def test_a_builder_that_lost_the_start_race_publishes_nothing_and_uses_the_winner(prefix):
+    """Two builders both read back their own lease (a write-write race): the one whose lease was
+    overwritten finds out before publishing, publishes nothing, and waits for the winner."""
+    import threading
+    import time
+
+    from composer import lease as lease_mod
+    from composer.registry import Registry
+
+    reg, repo, spec = Registry(REGISTRY), _path(prefix) + "/envs", "sha256:" + "ab" * 32
+    published = []
+    winner = {}
+
+    def find():
+        return winner.get("image")
+
+    def build():
+        # The race: another builder's lease lands after ours was read back.
+        other = lease_mod._Lease(reg, repo, spec)
+        other.write()
+        threading.Timer(1.0, lambda: winner.setdefault("image", "the winner's image")).start()
+        lease_mod.confirm_ownership()  # what record_and_tag does before publishing
+        published.append("loser published")
+        return "the loser's image"
+
+    start = time.monotonic()
+    result, built = lease_mod.build_once(reg, repo, spec, find, build)
+    assert (result, built, published) == ("the winner's image", False, [])
+    assert time.monotonic() - start >= 1.0
