@@ -1,0 +1,42 @@
+"""Registry credentials come from the Docker config by Docker's own rules: DOCKER_CONFIG,
+auths, and credential helpers (a real helper program on PATH, run as Docker would)."""
+
+import base64
+import json
+import os
+
+from composer.registry import _docker_credentials
+
+
+def _config(tmp_path, monkeypatch, cfg: dict):
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+
+
+def test_auths_entry(tmp_path, monkeypatch):
+    auth = base64.b64encode(b"ci:pw").decode()
+    _config(tmp_path, monkeypatch, {"auths": {"reg.example:5000": {"auth": auth}}})
+    assert _docker_credentials("reg.example:5000") == auth
+    assert _docker_credentials("other.example") is None
+
+
+def test_credential_helper_program(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-composertest"
+    helper.write_text('#!/bin/sh\nread host\necho "{\\"Username\\": \\"u-$host\\", \\"Secret\\": \\"s3cret\\"}"\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "composertest"}})
+    assert base64.b64decode(_docker_credentials("reg.example")).decode() == "u-reg.example:s3cret"
+
+
+def test_creds_store_and_a_failing_helper(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-broken"
+    helper.write_text("#!/bin/sh\necho 'credentials not found' >&2\nexit 1\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _config(tmp_path, monkeypatch, {"credsStore": "broken"})
+    assert _docker_credentials("reg.example") is None  # no credentials: the registry's 401 then says what to do
