@@ -469,10 +469,13 @@ def resolve(settings: Settings, name: str) -> Tuple[str, dict, str]:
         if desc is None:
             raise NotFoundError(f"no environment named {name!r} in {settings.registry}", hint)
         digest, target = desc.digest, name
+    described = find_build_records(reg, repo, digest)
+    records = [r for r in described if r[0].get("name") == target]
+    if not records and not version:
+        # No record under this name: it may be an alias, whose records are its target's.
         newest = read_history(reg, repo, name)[-1:]
         if newest and newest[0].image.digest == digest and newest[0].alias_of:
-            target = newest[0].alias_of  # an alias: the records are its target's
-    records = [r for r in find_build_records(reg, repo, digest) if r[0].get("name") == target]
+            records = [r for r in described if r[0].get("name") == newest[0].alias_of]
     if not records:
         raise VerificationError(f"{name!r} points to {digest} but no composer record describes it",
                                 "rebuild it with composer build --update")

@@ -20,23 +20,24 @@ def test_auths_entry(tmp_path, monkeypatch):
     assert _docker_credentials("other.example") is None
 
 
-def test_credential_helper_program(tmp_path, monkeypatch):
+def _helper(tmp_path, monkeypatch, name: str, script: str) -> None:
+    """Put a real docker-credential-NAME program first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    helper = bin_dir / "docker-credential-composertest"
-    helper.write_text('#!/bin/sh\nread host\necho "{\\"Username\\": \\"u-$host\\", \\"Secret\\": \\"s3cret\\"}"\n')
+    helper = bin_dir / f"docker-credential-{name}"
+    helper.write_text(script)
     helper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_credential_helper_program(tmp_path, monkeypatch):
+    _helper(tmp_path, monkeypatch, "composertest",
+            '#!/bin/sh\nread host\necho "{\\"Username\\": \\"u-$host\\", \\"Secret\\": \\"s3cret\\"}"\n')
     _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "composertest"}})
     assert base64.b64decode(_docker_credentials("reg.example")).decode() == "u-reg.example:s3cret"
 
 
 def test_creds_store_and_a_failing_helper(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    helper = bin_dir / "docker-credential-broken"
-    helper.write_text("#!/bin/sh\necho 'credentials not found' >&2\nexit 1\n")
-    helper.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _helper(tmp_path, monkeypatch, "broken", "#!/bin/sh\necho 'credentials not found' >&2\nexit 1\n")
     _config(tmp_path, monkeypatch, {"credsStore": "broken"})
     assert _docker_credentials("reg.example") is None  # no credentials: the registry's 401 then says what to do
