@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from .compose import BuildResult
-from .compose import build as _build
-from .compose import resolve
-from .config import Settings, load_settings
-from .resolver import record_run
+from composer import metaflow_link  # registers Metaflow as a run source and pull hook (no Metaflow import)
+from composer.catalog import resolve
+from composer.catalog.pull import pull as _pull
+from composer.metaflow_link import LaunchRef
+from composer.pipeline import build as _build
+from composer.publish import BuildResult
+from composer.settings import Settings, load_settings
+from composer.upstream.runs import record_run
+
+__all__ = ["build", "metaflow_link", "pull", "record", "ref", "show"]
 
 
 def _settings(settings: Optional[Settings], registry: Optional[str]) -> Settings:
@@ -45,8 +50,6 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
     (see composer/metaflow_link.py).
     """
     if "{" in name:  # Metaflow: resolved at launch
-        from .metaflow_link import LaunchRef
-
         return LaunchRef(name, registry=registry, settings=settings)
     return resolve(_settings(settings, registry), name)[0]
 
@@ -54,19 +57,17 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
 def pull(name: str, *, use_docker: bool = True, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
     """Step start: resolve name, verify its record; pull the image by digest (outside it) or check
     that this process runs in exactly the recorded environment (inside it)."""
-    from .pull import pull as _pull
-
     return _pull(_settings(settings, registry), name, use_docker=use_docker)
 
 
 def show(name: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
     """The build record (digest manifest) of the environment called name."""
     _, record, _ = resolve(_settings(settings, registry), name)
-    return record
+    return record.to_json()
 
 
 def record(run: str, image: str, requirements: Optional[str] = None, *, registry: Optional[str] = None,
            settings: Optional[Settings] = None) -> dict:
     """Register the image run ran in; returns the run record with its digest under "record_digest"."""
     rec, digest = record_run(_settings(settings, registry), run, image, requirements)
-    return {**rec, "record_digest": digest}
+    return {**rec.to_json(), "record_digest": digest}

@@ -9,9 +9,16 @@ import sys
 import traceback
 from typing import Dict, List, Optional
 
-from . import __version__
-from .config import BUILDERS, load_settings
-from .errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
+from composer import metaflow_link  # noqa: F401  (imported to register Metaflow as a run source and pull hook)
+from composer import pipeline
+from composer.catalog import listing as catalog
+from composer.catalog import resolve
+from composer.catalog.pull import pull
+from composer.catalog.rebuild import rebuild
+from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
+from composer.settings import BUILDERS, load_settings
+from composer.upstream.runs import record_run
+from composer.version import __version__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,20 +119,16 @@ def _vars(pairs: List[str]) -> Dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from . import compose, resolver
-
     settings = _settings(args)
     if args.command == "record":
-        rec, digest = resolver.record_run(settings, args.run, args.image, args.requirements)
-        return {"run": rec["run"], "image": f"{rec['image']['repository']}@{rec['image']['digest']}",
-                "record": digest, "python": rec["python"]["version"], "distributions": len(rec["distributions"])}
+        rec, digest = record_run(settings, args.run, args.image, args.requirements)
+        return {"run": rec.run, "image": rec.image.pinned, "record": digest, "python": rec.python.version,
+                "distributions": len(rec.distributions)}
     if args.command == "build":
-        result = compose.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update,
+        result = pipeline.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update,
                                upstream_step=args.upstream_step)
         return result.to_json()
     if args.command in ("history", "alias", "ls", "gc"):
-        from . import catalog
-
         if args.command == "history":
             return {"name": args.name, "versions": catalog.history(settings, args.name)}
         if args.command == "alias":
@@ -134,17 +137,13 @@ def run(args: argparse.Namespace) -> dict:
             return {"environments": catalog.ls(settings)}
         return catalog.gc(settings, args.keep, args.older_than, args.dry_run)
     if args.command == "rebuild":
-        from .rebuild import rebuild
-
         return rebuild(settings, args.names, args.dry_run)
     if args.command == "pull":
-        from .pull import pull
-
         return pull(settings, args.name, use_docker=not args.no_docker)
-    ref, record, digest = compose.resolve(settings, args.name)
+    ref, record, digest = resolve(settings, args.name)
     if args.command == "ref":
         return {"ref": ref, "record": digest}
-    return {"ref": ref, "record_digest": digest, "record": record}
+    return {"ref": ref, "record_digest": digest, "record": record.to_json()}
 
 
 def _human(command: str, out: dict) -> str:

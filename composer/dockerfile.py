@@ -6,8 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
-from . import __version__
-from .errors import UsageError
+from composer.version import __version__
+from composer.errors import UsageError
 
 TEMPLATE_HEADER = re.compile(r"^(?:\$\{syntax_line\})?# composer-template: (\S+)$", re.M)
 

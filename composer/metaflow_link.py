@@ -37,10 +37,16 @@ import sys
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from . import __version__
-from .config import Settings, load_settings
-from .errors import ComposerError, EnvironmentProblem, NotFoundError, UsageError, VerificationError
-from .names import render_name, run_tag, slug
+from composer.catalog import resolve
+from composer.catalog.pull import AFTER_PULL
+from composer.errors import ComposerError, EnvironmentProblem, NotFoundError, UsageError, VerificationError
+from composer.model.records import RunRecord
+from composer.model.refs import render_name, run_tag, slug
+from composer.oci import connect
+from composer.settings import Settings, load_settings
+from composer.store import read_run_record, runs_repository
+from composer.upstream.runs import register_source
+from composer.version import __version__
 
 FIELD = "composer-environment"
 PLACEHOLDER_PREFIX = "composer.at-launch/"
@@ -63,16 +69,14 @@ def parse_pathspec(text: str) -> Optional[Tuple[str, str, Optional[str]]]:
     return (m.group(1), m.group(2), m.group(3)) if m else None
 
 
-def with_step(run: str, step: Optional[str]) -> str:
-    """The upstream id for --upstream-step: `Flow/Run` + step -> `Flow/Run/step`."""
-    if not step:
-        return run
-    if not _STEP.match(step):
-        raise UsageError(f"--upstream-step {step!r} is not a Metaflow step name", "pass the step's name, e.g. train")
+def with_step(run: str, step: str) -> Optional[str]:
+    """The upstream id for --upstream-step: `Flow/Run` + step -> `Flow/Run/step`; None when run is
+    not a Metaflow pathspec (another source may know it)."""
     parsed = parse_pathspec(run)
     if parsed is None:
-        raise UsageError(f"--upstream-step needs a Metaflow run (Flow/Run) as the upstream, not {run!r}",
-                         "pass --upstream-run FLOW/RUN_ID, or drop --upstream-step")
+        return None
+    if not _STEP.match(step):
+        raise UsageError(f"--upstream-step {step!r} is not a Metaflow step name", "pass the step's name, e.g. train")
     flow, run_id, has = parsed
     if has and has != step:
         raise UsageError(f"the upstream {run!r} already names step {has!r} but --upstream-step says {step!r}",
@@ -115,7 +119,7 @@ def _metadata_str() -> str:
 
 # --------------------------------------------------------------------------- lookups
 
-def load_metaflow_run(settings: Settings, run_text: str) -> Optional[Tuple[dict, str]]:
+def load_metaflow_run(settings: Settings, run_text: str) -> Optional[Tuple[RunRecord, str]]:
     """The run record of the environment Metaflow run `Flow/Run[/step]` ran in, and its digest.
 
     None when run_text is not a pathspec (the caller reports an unknown run). Raises
@@ -192,18 +196,15 @@ def _label(value: dict) -> str:
     return f"{value['name']} ({value['digest'][:19]})"
 
 
-def _run_record_for(settings: Settings, value: dict, run_text: str) -> Tuple[dict, str]:
+def _run_record_for(settings: Settings, value: dict, run_text: str) -> Tuple[RunRecord, str]:
     """The composed environment's run record, as composer stored it when the task pulled it."""
-    from .records import RUN_RECORD_TYPE, read_record
-    from .resolver import RUNS_REPOSITORY, registry_for
-
-    reg = registry_for(settings)
-    repo = settings.repository(RUNS_REPOSITORY)
+    reg = connect(settings)
+    repo = runs_repository(settings)
     got = None
     if value.get("run_record"):
-        got = read_record(reg, repo, value["run_record"], RUN_RECORD_TYPE)
+        got = read_run_record(reg, repo, value["run_record"])
     if got is None:  # older link or record deleted: the record under the name, if it still matches
-        got = read_record(reg, repo, run_tag(value["name"]), RUN_RECORD_TYPE)
+        got = read_run_record(reg, repo, run_tag(value["name"]))
     if got is None:
         elsewhere = value.get("registry") and value["registry"] != settings.registry
         raise NotFoundError(
@@ -211,14 +212,14 @@ def _run_record_for(settings: Settings, value: dict, run_text: str) -> Tuple[dic
             + (f" (it was pulled from {value['registry']})" if elsewhere else ""),
             f"use --registry {value['registry']}" if elsewhere else "rebuild it, or record the run with composer record",
         )
-    record, desc, _ = got
-    if (record.get("image") or {}).get("digest") != value["digest"]:
+    record, digest = got
+    if record.image.digest != value["digest"]:
         raise VerificationError(
             f"run {run_text!r} ran in {value['name']!r} = {value['digest'][:19]} but its record now says "
-            f"{(record.get('image') or {}).get('digest', '?')[:19]} (the name moved)",
+            f"{record.image.digest[:19]} (the name moved)",
             f"record the run's image explicitly: python -m composer record --run {run_text} --image {value.get('ref', 'REPO@DIGEST')}",
         )
-    return record, desc.digest
+    return record, digest
 
 
 # --------------------------------------------------------------------------- the link (pull)
@@ -261,13 +262,10 @@ def record_task_environment(settings: Settings, pulled: dict) -> Optional[str]:
 
 def _env_run_record(settings: Settings, pulled: dict) -> Optional[str]:
     """Digest of the run record composer keeps under the environment's name, if it describes this image."""
-    from .records import RUN_RECORD_TYPE, read_record
-    from .resolver import RUNS_REPOSITORY, registry_for
-
-    got = read_record(registry_for(settings), settings.repository(RUNS_REPOSITORY), run_tag(pulled["name"]), RUN_RECORD_TYPE)
-    if got is None or (got[0].get("image") or {}).get("digest") != pulled["digest"]:
+    got = read_run_record(connect(settings), runs_repository(settings), run_tag(pulled["name"]))
+    if got is None or got[0].image.digest != pulled["digest"]:
         return None
-    return got[1].digest
+    return got[1]
 
 
 def _running_task() -> Optional[Tuple[str, str, str, str, int, str]]:
@@ -417,8 +415,6 @@ class LaunchRef(str):
         return self._resolved[run]
 
     def _resolve(self, run: str) -> str:
-        from .compose import resolve
-
         settings = self._settings or load_settings({"registry": self._registry})
         values = {"run_id": run, **self.values}
         fields = template_fields(self.template)
@@ -461,14 +457,22 @@ def _current_run() -> Optional[str]:
 
 def _composed_for_run(settings: Settings, run: str, template: str) -> Tuple[str, str]:
     """(name, image digest) of the environment composer.build(..., run_id=run) published."""
-    from .records import RUN_RECORD_TYPE, read_record
-    from .resolver import RUNS_REPOSITORY, registry_for
-
-    got = read_record(registry_for(settings), settings.repository(RUNS_REPOSITORY), run_tag(run), RUN_RECORD_TYPE)
-    composed = (got[0].get("composed") or {}) if got else {}
+    got = read_run_record(connect(settings), runs_repository(settings), run_tag(run))
+    composed = (got[0].composed or {}) if got else {}
     if not composed.get("name"):
         raise NotFoundError(
             f"no environment was composed for run {run} yet, so {template!r} cannot be resolved",
             "compose it in an earlier step: composer.build(..., name=TEMPLATE, run_id=composer.metaflow_link.this_run())",
         )
-    return composed["name"], got[0]["image"]["digest"]
+    return composed["name"], got[0].image.digest  # type: ignore[index]
+
+
+def _link_task(settings: Settings, pulled: dict) -> dict:
+    return {"metaflow_task": record_task_environment(settings, pulled)}
+
+
+# composer's core knows nothing of Metaflow: this module plugs in as a run source (after
+# composer's own records), a step qualifier for --upstream-step, and a pull hook.
+register_source(load_metaflow_run, with_step)
+if _link_task not in AFTER_PULL:
+    AFTER_PULL.append(_link_task)

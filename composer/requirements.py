@@ -9,7 +9,7 @@ from typing import List
 import tomli
 from packaging.requirements import InvalidRequirement, Requirement
 
-from .errors import UsageError
+from composer.errors import UsageError
 
 MAX_EXTRAS_BYTES = 1 << 20  # a requirements file beyond 1 MiB is a mistake, not a requirement set
 _NAME_NORMALIZE = re.compile(r"[-_.]+")
@@ -20,7 +20,7 @@ def canonical_name(name: str) -> str:
     return _NAME_NORMALIZE.sub("-", name).lower()
 
 
-def _read_text(path: Path, what: str) -> str:
+def read_text(path: Path, what: str) -> str:
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist", "check the path")
     size = path.stat().st_size
@@ -32,7 +32,7 @@ def _read_text(path: Path, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise UsageError(f"{what} {path} is not UTF-8 text", "save it as UTF-8")
+        raise UsageError(f"{what} {path} is not UTF-8 text", "save it as UTF-8") from None
 
 
 def _logical_lines(text: str):
@@ -53,7 +53,7 @@ def _logical_lines(text: str):
         yield start, buf.strip()
 
 
-def _parse_requirement(text: str, where: str) -> Requirement:
+def parse_requirement(text: str, where: str) -> Requirement:
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
@@ -65,15 +65,9 @@ def _parse_requirement(text: str, where: str) -> Requirement:
     return req
 
 
-def read_extras(path: Path) -> List[str]:
+def read_requirements(path: Path) -> List[str]:
     """The extra requirements as normalised PEP 508 strings, from requirements.txt or pyproject.toml."""
-    # --- conda (composer/conda.py): an environment.yml gives channel:URL, conda:SPEC and pip entries
-    if path.suffix.lower() in (".yml", ".yaml"):
-        from .conda import read_environment_file
-
-        return read_environment_file(path).requirements()
-    # --- end conda
-    text = _read_text(path, "extras file")
+    text = read_text(path, "extras file")
     if path.suffix == ".toml":
         try:
             data = tomli.loads(text)
@@ -82,7 +76,7 @@ def read_extras(path: Path) -> List[str]:
         deps = (data.get("project") or {}).get("dependencies")
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             raise UsageError(f"{path} has no [project] dependencies list", "add dependencies = [\"pkg>=1\"] under [project]")
-        reqs = [_parse_requirement(d, f"{path} [project.dependencies]") for d in deps]
+        reqs = [parse_requirement(d, f"{path} [project.dependencies]") for d in deps]
     else:
         reqs = []
         for number, line in _logical_lines(text):
@@ -91,7 +85,7 @@ def read_extras(path: Path) -> List[str]:
                     f"{path}:{number}: option lines ({line.split()[0]}) are not supported in extras",
                     "list requirements only; set the index with COMPOSER_INDEX_URL",
                 )
-            reqs.append(_parse_requirement(line, f"{path}:{number}"))
+            reqs.append(parse_requirement(line, f"{path}:{number}"))
     if not reqs:
         raise UsageError(f"extras file {path} lists no requirements", "add at least one requirement, e.g. shap>=0.45")
     return sorted({str(r) for r in reqs})
@@ -99,13 +93,13 @@ def read_extras(path: Path) -> List[str]:
 
 def parse_pinned(path: Path) -> List[dict]:
     """An upstream lock (pip freeze / uv pip compile output): every line must be name==version."""
-    text = _read_text(path, "requirements file")
+    text = read_text(path, "requirements file")
     pins = {}
     for number, line in _logical_lines(text):
         if line.startswith("-"):
             continue  # --hash continuation options and index lines carry no pins
         line = line.split(" --hash", 1)[0].strip()
-        req = _parse_requirement(line, f"{path}:{number}")
+        req = parse_requirement(line, f"{path}:{number}")
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator not in ("==", "===") or "*" in specs[0].version:
             raise UsageError(f"{path}:{number}: {line!r} is not pinned to one version", "use name==version lines (pip freeze output)")

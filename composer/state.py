@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from .canonical import canonical_json, sha256_digest
+from composer.model.canonical import canonical_json, sha256_digest
 
 FORMAT = "composer.state/v1"
 

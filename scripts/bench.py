@@ -326,7 +326,7 @@ class Round:
         layer = self.bench.tmp / f"floor-{self.rid}.tar.gz"
         # GNU tar, compressed by the same gzip the daemonless builder uses (level 6 on all cores):
         # the floor is the same work with nothing else around it.
-        from composer.daemonless import ParallelGzip
+        from composer.builders.daemonless import ParallelGzip
 
         h = hashlib.sha256()
 
@@ -371,8 +371,8 @@ class Bench:
         self.extras: Dict[str, Path] = {}
         self.lockfiles: Dict[str, Path] = {}
         self.upstream_record: dict = {}
-        from composer.config import load_settings
-        from composer.lock import uv_binary, uv_env
+        from composer.settings import load_settings
+        from composer.kinds.pip import uv_binary, uv_env
 
         self.uv = uv_binary()
         self.uv_env = uv_env(load_settings({"registry": self.registry}))
@@ -386,9 +386,9 @@ class Bench:
 
     def prepare_size(self, size: str, round_: Round) -> None:
         """The extras file, and the lock the floor installs (same as composer's: untimed)."""
-        from composer.config import load_settings
-        from composer.lock import lock_extras
-        from composer.resolver import load_run
+        from composer.settings import load_settings
+        from composer.kinds.pip import lock_extras
+        from composer.upstream.runs import load_run
 
         path = self.tmp / f"extras-{size}.txt"
         path.write_text("\n".join(SIZES[size]) + "\n")

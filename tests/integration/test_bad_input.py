@@ -103,7 +103,7 @@ def test_wrong_platform(catalogue):
     manifest = requests.get(f"http://{REGISTRY}/v2/bases/python/manifests/3.11-bookworm", headers=accept).json()
     config = requests.get(f"http://{REGISTRY}/v2/bases/python/blobs/{manifest['config']['digest']}").json()
     config["architecture"] = "arm64"
-    from composer.registry import Registry
+    from composer.oci.client import Registry
 
     reg = Registry(REGISTRY)
     desc = reg.push_blob("bases/python", json.dumps(config).encode(), manifest["config"]["mediaType"])

@@ -52,7 +52,7 @@ def test_composed_image_has_upstream_pins_and_extras(env, prefix, upstream_run, 
     ref = run_cli("ref", "explainer-a", env=env)
     assert ref.returncode == 0 and ref.stdout.strip() == out["ref"]
     import composer
-    from composer.config import load_settings
+    from composer.settings import load_settings
 
     assert composer.ref("explainer-a", settings=load_settings({"registry": prefix})) == out["ref"]
 

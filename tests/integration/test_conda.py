@@ -83,8 +83,8 @@ def _conda_files(ref: str) -> dict:
 
 
 def test_record_reads_the_conda_prefix(env, conda_run, channel):
-    from composer.config import load_settings
-    from composer.resolver import load_run
+    from composer.settings import load_settings
+    from composer.upstream.runs import load_run
 
     record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), conda_run)
     assert record["python"]["executable"] == f"{PREFIX}/bin/python" and record["python"]["kind"] == "conda"
@@ -280,8 +280,8 @@ def test_image_micromamba_and_python_discovery(env, conda_upstream, tmp_path):
     for name, (_, executable, kind, micromamba) in variants.items():
         proc = run_cli("record", "--run", f"Probe/{name}", "--image", refs[name], "--json", env=env)
         assert proc.returncode == 0, proc.stderr
-        from composer.config import load_settings
-        from composer.resolver import load_run
+        from composer.settings import load_settings
+        from composer.upstream.runs import load_run
 
         record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), f"Probe/{name}")
         assert (record["python"]["executable"], record["python"]["kind"]) == (executable, kind), name
@@ -304,8 +304,8 @@ def test_explicit_list_given_at_record(env, conda_upstream, channel, tmp_path):
     ))
     proc = run_cli("record", "--run", "Explicit/1", "--image", conda_upstream, "--requirements", str(lock), "--json", env=env)
     assert proc.returncode == 0, proc.stderr
-    from composer.config import load_settings
-    from composer.resolver import load_run
+    from composer.settings import load_settings
+    from composer.upstream.runs import load_run
 
     record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), "Explicit/1")
     assert record["conda"]["packages_source"] == "explicit" and record["distributions_source"] == "image"

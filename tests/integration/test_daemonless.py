@@ -12,12 +12,12 @@ import tarfile
 import pytest
 import requests
 
-from composer import daemonless
-from composer.config import load_settings
-from composer.lock import lock_extras
-from composer.names import parse_image_ref
-from composer.registry import Registry
-from composer.resolver import load_run, registry_for
+from composer.builders import daemonless
+from composer.settings import load_settings
+from composer.kinds.pip import lock_extras
+from composer.model.refs import parse_image_ref
+from composer.oci.client import Registry
+from composer.upstream.runs import load_run, registry_for
 from tests.conftest import BASE_REF, REGISTRY, build_json, get_manifest, registry_tags, run_cli
 
 pytestmark = pytest.mark.integration

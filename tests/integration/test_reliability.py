@@ -148,7 +148,7 @@ def test_a_local_cache_entry_that_lies_is_not_used(env, prefix, upstream_run, ex
     first = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "honest", env=env)
     entry = next((tmp_path / "state" / "locks").glob("*.json"))
     # Rewrite the entry consistently (valid checksum) but with a lock that is not what was built.
-    from composer.canonical import canonical_json, sha256_digest
+    from composer.model.canonical import canonical_json, sha256_digest
 
     doc = json.loads(entry.read_text())
     for p in doc["body"]["lock"]["packages"]:
@@ -170,8 +170,8 @@ def test_a_builder_that_lost_the_start_race_publishes_nothing_and_uses_the_winne
     import threading
     import time
 
-    from composer import lease as lease_mod
-    from composer.registry import Registry
+    from composer.publish import lease as lease_mod
+    from composer.oci.client import Registry
 
     reg, repo, spec = Registry(REGISTRY), _path(prefix) + "/envs", "sha256:" + "ab" * 32
     published = []

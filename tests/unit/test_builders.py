@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from composer.builders import BuildctlBuilder, BuildRequest, BuildxBuilder, DockerBuilder, failing_step
-from composer.names import ImageRef
+from composer.builders.buildkit import BuildctlBuilder, BuildRequest, BuildxBuilder, DockerBuilder, failing_step
+from composer.model.refs import ImageRef
 
 DIGEST = "sha256:" + "c" * 64
 RUN_TITLE = (

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 import pytest
 
-from composer.canonical import canonical_json, digest_hex, sha256_digest
+from composer.model.canonical import canonical_json, digest_hex, sha256_digest
 
 
 def test_key_order_does_not_matter():

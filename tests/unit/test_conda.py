@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from composer import conda
-from composer.config import Settings, load_settings
+from composer.kinds import conda
+from composer.upstream import conda_meta
+from composer.settings import Settings, load_settings
 from composer.errors import EnvironmentProblem, LockConflictError, UsageError
-from composer.requirements import read_extras
-from composer.spec import spec_document, spec_hash
+from composer.kinds import read_extras
+from composer.model.spec import spec_document, spec_hash
 from tests.integration.conda_channel import PLACEHOLDER, build_channel
 
 BASE = "sha256:" + "1" * 64
@@ -91,9 +92,9 @@ file:///srv/channel/noarch/tiny-core-1.0.0-py_0.tar.bz2
 
 def test_explicit_list(tmp_path):
     path = write(tmp_path, "env.lock", EXPLICIT.format(sha="sha256:" + "a" * 64, md5="b" * 32))
-    assert conda.is_explicit_file(path)
-    assert not conda.is_explicit_file(write(tmp_path, "r.txt", "attrs==23.1.0\n"))
-    pkgs = {p["name"]: p for p in conda.parse_explicit(path)}
+    assert conda_meta.is_explicit_file(path)
+    assert not conda_meta.is_explicit_file(write(tmp_path, "r.txt", "attrs==23.1.0\n"))
+    pkgs = {p["name"]: p for p in conda_meta.parse_explicit(path)}
     assert pkgs["libzlib"] == {
         "name": "libzlib", "version": "1.3.1", "build": "hb9d3cd8_2", "subdir": "linux-64",
         "channel": "https://conda.anaconda.org/conda-forge", "fn": "libzlib-1.3.1-hb9d3cd8_2.conda",
@@ -106,16 +107,16 @@ def test_explicit_list(tmp_path):
 
 def test_explicit_list_bad_line(tmp_path):
     with pytest.raises(UsageError, match="is not a package URL"):
-        conda.parse_explicit(write(tmp_path, "env.lock", "@EXPLICIT\nhttps://example.org/numpy.whl\n"))
+        conda_meta.parse_explicit(write(tmp_path, "env.lock", "@EXPLICIT\nhttps://example.org/numpy.whl\n"))
     with pytest.raises(UsageError, match="names no package"):
-        conda.parse_explicit(write(tmp_path, "env.lock", "@EXPLICIT\n"))
+        conda_meta.parse_explicit(write(tmp_path, "env.lock", "@EXPLICIT\n"))
 
 
 def test_explicit_packages_need_a_prefix():
     with pytest.raises(UsageError, match="has no conda prefix"):
-        conda.with_explicit_packages({"conda": None}, [], "img@sha256:1")
+        conda_meta.with_explicit_packages({"conda": None}, [], "img@sha256:1")
     probe = {"conda": {"prefix": "/opt/conda", "packages": [{"name": "x"}], "micromamba": None}}
-    got = conda.with_explicit_packages(probe, [{"name": "y"}], "img")
+    got = conda_meta.with_explicit_packages(probe, [{"name": "y"}], "img")
     assert got["conda"] == {"prefix": "/opt/conda", "packages": [{"name": "y"}], "micromamba": None, "packages_source": "explicit"}
 
 
@@ -129,7 +130,7 @@ def test_run_record_section_normalises_conda_meta():
         {"name": "tzdata", "version": "2024b", "build": "h0", "channel": "conda-forge",
          "url": "https://conda.anaconda.org/conda-forge/noarch/tzdata-2024b-h0.conda", "noarch": {"type": "generic"}},
     ]}
-    section = conda.run_record_section(found)
+    section = conda_meta.run_record_section(found)
     assert section["prefix"] == "/opt/conda" and section["micromamba"] == "/bin/micromamba"
     assert section["channels"] == ["conda-forge", "https://conda.anaconda.org/conda-forge"]
     numpy, tzdata = section["packages"]
@@ -151,18 +152,18 @@ def _fake_prefix(root: Path) -> Path:
 
 
 def test_probe_reads_conda_meta_of_the_active_prefix(tmp_path):
-    from composer.resolver import _PROBE
+    from composer.upstream.probe import PROBE_SCRIPT
 
     prefix = _fake_prefix(tmp_path / "env")
     env = {**os.environ, "CONDA_PREFIX": str(prefix), "MAMBA_EXE": "/nonexistent"}
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], capture_output=True, text=True, env=env, timeout=60)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["conda"]["prefix"] == str(prefix)
     assert [p["name"] for p in report["conda"]["packages"]] == ["tinycore"]
     assert report["conda"]["packages"][0]["sha256"] == "c" * 64
     assert report["kind"] in ("system", "venv")  # this interpreter does not live in that prefix
     env.pop("CONDA_PREFIX")
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", PROBE_SCRIPT], capture_output=True, text=True, env=env, timeout=60)
     assert json.loads(out.stdout.strip().splitlines()[-1])["conda"] is None
 
 
@@ -181,13 +182,13 @@ def _fake_python(path: Path) -> None:
     ({}, "{t}/path/python3"),
 ])
 def test_find_python_order(tmp_path, env, expected):
-    from composer.resolver import _FIND_PYTHON
+    from composer.upstream.probe import FIND_PYTHON
 
     for p in ("active/bin/python", "mamba/bin/python", "mamba/envs/work/bin/python", "label/python", "path/python3"):
         _fake_python(tmp_path / p)
     env = {k: v.format(t=tmp_path) for k, v in env.items()}
     full = {"PATH": f"{tmp_path}/path:/usr/bin:/bin", **env}
-    out = subprocess.run(["/bin/sh", "-c", _FIND_PYTHON, "ignored"], capture_output=True, text=True, env=full, timeout=30)
+    out = subprocess.run(["/bin/sh", "-c", FIND_PYTHON, "ignored"], capture_output=True, text=True, env=full, timeout=30)
     assert out.stdout.strip() == expected.format(t=tmp_path)
 
 
@@ -209,7 +210,7 @@ def upstream(channel):
                 packages.append({**rec, "fn": fn, "url": f"{channel.as_uri()}/{sub}/{fn}", "channel": channel.as_uri()})
     return {
         "python": dict(PYTHON), "platform": dict(PLATFORM), "distributions": [{"name": "tinycore", "version": "1.0.0"}],
-        "conda": conda.run_record_section({"prefix": "/opt/conda", "packages": packages}),
+        "conda": conda_meta.run_record_section({"prefix": "/opt/conda", "packages": packages}),
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from composer.config import Settings, load_settings
+from composer.settings import Settings, load_settings
 from composer.errors import UsageError
 
 

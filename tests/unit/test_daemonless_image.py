@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from composer import daemonless as dl
-from composer.lock import Lock
-from composer.registry import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor
+from composer.builders import daemonless as dl
+from composer.kinds.pip import Lock
+from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor
 
 DIFF = "sha256:" + "d" * 64
 BASE_CONFIG = {

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from composer.errors import NotFoundError, RegistryError, VerificationError
-from composer.registry import Registry
+from composer.oci.client import Registry
 
 
 def _digest(data: bytes) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from composer.daemonless import fix_scripts, python_shebang, rewrite_shebang
+from composer.builders.daemonless import fix_scripts, python_shebang, rewrite_shebang
 
 BODY = b"# -*- coding: utf-8 -*-\nimport sys\nfrom pkg.cli import main\nsys.exit(main())\n"
 

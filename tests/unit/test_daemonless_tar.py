@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from composer import daemonless as dl
-from composer.daemonless import Entry, Layout, stage_entries, write_layer
+from composer.builders import daemonless as dl
+from composer.builders.daemonless import Entry, Layout, stage_entries, write_layer
 
 VENV = Layout(executable="/opt/venv/bin/python3", site_packages="/opt/venv/lib/python3.11/site-packages", base="/opt/venv")
 DEBIAN = Layout(executable="/usr/bin/python3", site_packages="/usr/local/lib/python3.11/dist-packages", base="/usr/local")

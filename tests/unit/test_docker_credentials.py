@@ -5,7 +5,7 @@ import base64
 import json
 import os
 
-from composer.registry import _docker_credentials
+from composer.oci.transport import docker_credentials
 
 
 def _config(tmp_path, monkeypatch, cfg: dict):
@@ -16,8 +16,8 @@ def _config(tmp_path, monkeypatch, cfg: dict):
 def test_auths_entry(tmp_path, monkeypatch):
     auth = base64.b64encode(b"ci:pw").decode()
     _config(tmp_path, monkeypatch, {"auths": {"reg.example:5000": {"auth": auth}}})
-    assert _docker_credentials("reg.example:5000") == auth
-    assert _docker_credentials("other.example") is None
+    assert docker_credentials("reg.example:5000") == auth
+    assert docker_credentials("other.example") is None
 
 
 def _helper(tmp_path, monkeypatch, name: str, script: str) -> None:
@@ -34,10 +34,10 @@ def test_credential_helper_program(tmp_path, monkeypatch):
     _helper(tmp_path, monkeypatch, "composertest",
             '#!/bin/sh\nread host\necho "{\\"Username\\": \\"u-$host\\", \\"Secret\\": \\"s3cret\\"}"\n')
     _config(tmp_path, monkeypatch, {"credHelpers": {"reg.example": "composertest"}})
-    assert base64.b64decode(_docker_credentials("reg.example")).decode() == "u-reg.example:s3cret"
+    assert base64.b64decode(docker_credentials("reg.example")).decode() == "u-reg.example:s3cret"
 
 
 def test_creds_store_and_a_failing_helper(tmp_path, monkeypatch):
     _helper(tmp_path, monkeypatch, "broken", "#!/bin/sh\necho 'credentials not found' >&2\nexit 1\n")
     _config(tmp_path, monkeypatch, {"credsStore": "broken"})
-    assert _docker_credentials("reg.example") is None  # no credentials: the registry's 401 then says what to do
+    assert docker_credentials("reg.example") is None  # no credentials: the registry's 401 then says what to do

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from composer.errors import LockConflictError, UsageError
-from composer.lock import Lock, _explain_failure, parse_lock
+from composer.kinds.pip import Lock, _explain_failure, parse_lock
 
 UV_OUTPUT = """\
 attrs==23.1.0 \\

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from composer.errors import UsageError
-from composer.names import (
+from composer.model.refs import (
     MAX_NAME_LEN, TAG_RE, ImageRef, check_name, parse_image_ref, referrers_tag, render_name, run_tag, slug,
 )
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from composer.errors import UsageError
-from composer.requirements import MAX_EXTRAS_BYTES, canonical_name, parse_pinned, read_extras
+from composer.kinds import read_extras
+from composer.requirements import MAX_EXTRAS_BYTES, canonical_name, parse_pinned
 
 
 def write(tmp_path: Path, name: str, content) -> Path:

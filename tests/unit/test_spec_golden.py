@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from composer.canonical import canonical_json
-from composer.spec import SPEC_VERSION, spec_document, spec_hash
+from composer.model.canonical import canonical_json
+from composer.model.spec import SPEC_VERSION, spec_document, spec_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,8 +175,8 @@ def test_hash_changes_when_content_changes(what, mutate):
 # -- stability across processes, hash seeds and working directories -------------------
 _SCRIPT = """
 import json, sys
-from composer.canonical import canonical_json
-from composer.spec import spec_document, spec_hash
+from composer.model.canonical import canonical_json
+from composer.model.spec import spec_document, spec_hash
 inputs = json.loads(sys.stdin.read())
 print(json.dumps({case: spec_hash(spec_document(**kw)) for case, kw in inputs.items()}))
 """

@@ -12,25 +12,32 @@ from __future__ import annotations
 
 import os
 import platform
-from typing import Optional
+from typing import Callable, List, Optional
 
-from .compose import resolve
-from .config import Settings
-from .errors import EnvironmentProblem, VerificationError
-from .requirements import canonical_name
+from composer.catalog import resolve
+from composer.errors import EnvironmentProblem, VerificationError
+from composer.model.records import BuildRecord
+from composer.requirements import canonical_name
+from composer.settings import Settings
 
 SPEC_ENV = "COMPOSER_SPEC_HASH"
 
 
-def verify_running(record: dict, name: str) -> None:
+# Called with (settings, pull's result); what they return is added to the result. Integrations
+# register here: Metaflow links a task verified to run in the environment to it
+# (composer/metaflow_link.py).
+AFTER_PULL: List[Callable[[Settings, dict], dict]] = []
+
+
+def verify_running(record: BuildRecord, name: str) -> None:
     """Raise VerificationError unless this process runs in the environment record describes."""
     running = os.environ.get(SPEC_ENV)
-    if running != record["spec_hash"]:
+    if running != record.spec_hash:
         raise VerificationError(
-            f"this step runs in environment {(running or 'unknown')[:19]} but {name!r} is {record['spec_hash'][:19]}",
+            f"this step runs in environment {(running or 'unknown')[:19]} but {name!r} is {record.spec_hash[:19]}",
             f"run the step in the image composer ref {name} prints",
         )
-    want_py = record["python"]["version"]
+    want_py = record.python.version
     if platform.python_version() != want_py:
         raise VerificationError(f"this step runs python {platform.python_version()} but {name!r} has {want_py}",
                                 "run the step with the image's recorded interpreter")
@@ -41,11 +48,11 @@ def verify_running(record: dict, name: str) -> None:
         n = dist.metadata["Name"]
         if n:
             installed.setdefault(canonical_name(n), dist.version)
-    for p in record["lock"]["packages"]:
-        have = installed.get(p["name"])
-        if have != p["version"]:
+    for p in record.lock.packages:
+        have = installed.get(p.name)
+        if have != p.version:
             raise VerificationError(
-                f"{p['name']} is {have or 'missing'} here but {name!r} recorded {p['version']}",
+                f"{p.name} is {have or 'missing'} here but {name!r} recorded {p.version}",
                 "something changed the environment after it was built; do not install into a composed image",
             )
 
@@ -81,13 +88,12 @@ def pull(settings: Settings, name: str, use_docker: bool = True, in_image: Optio
     ref, record, record_digest = resolve(settings, name)
     inside = (SPEC_ENV in os.environ) if in_image is None else in_image
     out = {"name": name, "ref": ref, "digest": ref.split("@", 1)[1], "record": record_digest,
-           "spec_hash": record["spec_hash"], "pulled": False, "verified_running": False}
+           "spec_hash": record.spec_hash, "pulled": False, "verified_running": False}
     if inside:
         verify_running(record, name)
         out["verified_running"] = True
     elif use_docker:
-        out["pulled"] = pull_image(ref, record["spec_hash"])
-    from .metaflow_link import record_task_environment  # in a Metaflow task: link it to this environment
-
-    out["metaflow_task"] = record_task_environment(settings, out)
+        out["pulled"] = pull_image(ref, record.spec_hash)
+    for hook in AFTER_PULL:
+        out.update(hook(settings, out))
     return out

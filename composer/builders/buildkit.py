@@ -1,6 +1,10 @@
-"""BuildKit builders, each driven as a subprocess: buildctl, docker buildx, or a Docker
-CLI with built-in BuildKit (DOCKER_BUILDKIT=1, Docker < 23). `detect` picks what the
-machine has, unless the user named one (--builder, COMPOSER_BUILDER, composer.toml).
+"""BuildKit builders, each driven as a subprocess on the rendered Dockerfile: buildctl, docker
+buildx, or a Docker CLI with built-in BuildKit (DOCKER_BUILDKIT=1, Docker < 23). `detect` picks
+what the machine has, unless the user named one (--builder, COMPOSER_BUILDER, composer.toml).
+
+Each builder's `build(job)` writes the job's context into a private temporary directory,
+turns the job into a BuildRequest (`request_for`), runs the builder's `command(...)` and
+returns the digest the push reported.
 """
 
 from __future__ import annotations
@@ -12,33 +16,55 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .config import Settings
-from .errors import BuildError, EnvironmentProblem
-from .names import DIGEST_RE, ImageRef
-
-BUILD_TIMEOUT = int(os.environ.get("COMPOSER_BUILD_TIMEOUT", "3600"))
+from composer.builders.base import Builder, BuildJob
+from composer.errors import BuildError, EnvironmentProblem
+from composer.model.refs import DIGEST_RE, ImageRef
+from composer.settings import Settings
 
 
 @dataclass
 class BuildRequest:
+    """One BuildKit build as its command line sees it."""
+
     context: Path  # holds the Dockerfile and everything it binds
     target: ImageRef  # registry/repository:tag to push to
     secrets: Dict[str, str] = field(default_factory=dict)  # secret id -> file path
     plain_http: bool = False  # the registry speaks HTTP (loopback or marked insecure)
     progress: str = "auto"  # auto | plain | quiet
+    timeout: int = 3600  # seconds the build may take (settings.build_timeout)
 
 
-class Builder:
-    name = "?"
+def request_for(job: BuildJob, workdir: Path) -> BuildRequest:
+    """The job's build: its context written to workdir/context by job.prepare_context (which
+    may keep secret files in workdir, outside the context), pushed to job.target."""
+    context = workdir / "context"
+    context.mkdir()
+    secrets = job.prepare_context(context)
+    return BuildRequest(
+        context=context, target=job.target, secrets=dict(secrets),
+        plain_http=job.registry.base.startswith("http:"), progress=job.settings.progress,
+        timeout=job.settings.build_timeout,
+    )
 
-    def build_and_push(self, req: BuildRequest) -> str:
+
+class BuildKitBuilder(Builder):
+    """What the three BuildKit builders share: build(job) = context, command, push."""
+
+    def build(self, job: BuildJob) -> str:
+        with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
+            req = request_for(job, Path(tmp))
+            return self.build_request(req, Path(tmp, "metadata.json"))
+
+    def build_request(self, req: BuildRequest, metadata: Path) -> str:
         """Build req.context, push to req.target, return the pushed manifest digest."""
-        raise NotImplementedError
+        run_build(self.command(req, metadata), req)
+        return _metadata_digest(metadata)
 
     def command(self, req: BuildRequest, metadata: Path) -> List[str]:
         raise NotImplementedError
@@ -63,18 +89,35 @@ def _tty(req: BuildRequest) -> bool:
 def run_build(cmd: List[str], req: BuildRequest, env: Optional[dict] = None) -> None:
     """Run a BuildKit command; on failure print the failing step's log and raise BuildError."""
     if _tty(req):
-        proc = subprocess.run(cmd, env=env, timeout=BUILD_TIMEOUT)
+        try:
+            proc = subprocess.run(cmd, env=env, timeout=req.timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise _timed_out(req) from exc
         if proc.returncode:
             raise BuildError(f"the image build failed (exit {proc.returncode}; its log is above)", "fix the failing step and rerun")
         return
     lines: List[str] = []
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
     assert proc.stdout is not None
-    for line in proc.stdout:
-        lines.append(line.rstrip("\n"))
-        if req.progress == "plain":
-            print(line, end="", file=sys.stderr)
-    code = proc.wait(timeout=BUILD_TIMEOUT)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    watchdog = threading.Timer(req.timeout, kill)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if req.progress == "plain":
+                print(line, end="", file=sys.stderr)
+        code = proc.wait()
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        raise _timed_out(req)
     if code:
         step, log = failing_step(lines)
         if req.progress != "plain":
@@ -83,10 +126,15 @@ def run_build(cmd: List[str], req: BuildRequest, env: Optional[dict] = None) -> 
                          "fix the failing step (its log is above) and rerun")
 
 
+def _timed_out(req: BuildRequest) -> BuildError:
+    return BuildError(f"the image build took over {req.timeout}s and was stopped",
+                      "fix what makes it slow, or raise COMPOSER_BUILD_TIMEOUT")
+
+
 _STEP = re.compile(r"^#(\d+) ")
 
 
-def failing_step(lines: List[str]) -> "tuple[str, List[str]]":
+def failing_step(lines: List[str]) -> Tuple[str, List[str]]:
     """From BuildKit plain progress output: the name and the log lines of the step that failed."""
     steps: "OrderedDict[str, List[str]]" = OrderedDict()
     for line in lines:
@@ -122,7 +170,8 @@ def _strip_step(line: str) -> str:
 
 def _metadata_digest(metadata: Path) -> str:
     try:
-        digest = json.loads(metadata.read_text()).get("containerimage.digest", "")
+        data = json.loads(metadata.read_text())
+        digest = data.get("containerimage.digest", "") if isinstance(data, dict) else ""
     except (OSError, ValueError):
         digest = ""
     if not DIGEST_RE.match(digest):
@@ -130,7 +179,7 @@ def _metadata_digest(metadata: Path) -> str:
     return digest
 
 
-class BuildctlBuilder(Builder):
+class BuildctlBuilder(BuildKitBuilder):
     name = "buildctl"
 
     def __init__(self, addr: Optional[str]):
@@ -145,14 +194,8 @@ class BuildctlBuilder(Builder):
             "--progress", "tty" if _tty(req) else "plain",
         ] + _secret_args(req)
 
-    def build_and_push(self, req: BuildRequest) -> str:
-        with tempfile.TemporaryDirectory(prefix="composer-meta-") as tmp:
-            meta = Path(tmp, "metadata.json")
-            run_build(self.command(req, meta), req)
-            return _metadata_digest(meta)
 
-
-class BuildxBuilder(Builder):
+class BuildxBuilder(BuildKitBuilder):
     name = "buildx"
 
     def __init__(self, docker: str):
@@ -164,14 +207,8 @@ class BuildxBuilder(Builder):
             "--progress", "auto" if _tty(req) else "plain", "-f", str(req.context / "Dockerfile"),
         ] + _secret_args(req) + [str(req.context)]
 
-    def build_and_push(self, req: BuildRequest) -> str:
-        with tempfile.TemporaryDirectory(prefix="composer-meta-") as tmp:
-            meta = Path(tmp, "metadata.json")
-            run_build(self.command(req, meta), req)
-            return _metadata_digest(meta)
 
-
-class DockerBuilder(Builder):
+class DockerBuilder(BuildKitBuilder):
     """A Docker CLI whose built-in BuildKit builds into the engine; the docker SDK pushes."""
 
     name = "docker"
@@ -185,7 +222,7 @@ class DockerBuilder(Builder):
             "-f", str(req.context / "Dockerfile"), "-t", str(req.target),
         ] + _secret_args(req) + [str(req.context)]
 
-    def build_and_push(self, req: BuildRequest) -> str:
+    def build_request(self, req: BuildRequest, metadata: Path) -> str:
         run_build(self.command(req), req, env={**os.environ, "DOCKER_BUILDKIT": "1"})
         return push_with_sdk(req.target)
 
@@ -203,7 +240,7 @@ def push_with_sdk(target: ImageRef) -> str:
             aux = event.get("aux") or {}
             digest = aux.get("Digest") or digest
     except docker.errors.DockerException as exc:
-        raise BuildError(f"pushing {target} failed ({exc})", "check the Docker engine and the registry")
+        raise BuildError(f"pushing {target} failed ({exc})", "check the Docker engine and the registry") from exc
     if not DIGEST_RE.match(digest):
         raise BuildError(f"pushing {target} reported no digest", "check the Docker engine")
     return digest
@@ -237,7 +274,7 @@ def _has_builtin_buildkit(docker: str) -> bool:
     return proc.returncode == 0 and bool(server) and bool(m) and int(m.group(1)) < 23
 
 
-def _buildctl(settings: Settings) -> Optional[Builder]:
+def _buildctl(settings: Settings) -> Optional[BuildKitBuilder]:
     if not shutil.which("buildctl"):
         return None
     addr = settings.buildkit_host or os.environ.get("BUILDKIT_HOST")
@@ -246,8 +283,9 @@ def _buildctl(settings: Settings) -> Optional[Builder]:
     return None
 
 
-def detect(settings: Settings) -> Builder:
-    """A BuildKit builder; 'auto' and 'daemonless' (falling back to BuildKit) take the first found."""
+def detect(settings: Settings) -> BuildKitBuilder:
+    """The BuildKit builder settings.builder names; for 'auto' (and 'daemonless', which builder
+    selection never sends here) the first one found: buildctl, buildx, then a Docker CLI."""
     want = "auto" if settings.builder == "daemonless" else settings.builder
     if want in ("auto", "buildctl"):
         b = _buildctl(settings)

@@ -21,17 +21,15 @@ import time
 import uuid
 from typing import Callable, Optional, Tuple, TypeVar
 
-from .canonical import digest_hex
-from .errors import BuildError
-from .records import push_record, read_record, utc_now
-from .registry import Registry
+from composer.errors import BuildError
+from composer.model.canonical import digest_hex
+from composer.model.records import utc_now
+from composer.oci.artifacts import push_artifact, read_artifact
+from composer.oci.client import Registry
+from composer.settings import Settings
 
 LEASE_TYPE = "application/vnd.composer.lease.v1+json"
 T = TypeVar("T")
-
-
-def _seconds(var: str, default: float) -> float:
-    return float(os.environ.get(var, default))
 
 
 def lease_tag(spec: str) -> str:
@@ -57,8 +55,8 @@ def _age(stamp: str) -> float:
 
 
 class _Lease:
-    def __init__(self, reg: Registry, repo: str, spec: str):
-        self.reg, self.repo, self.spec = reg, repo, spec
+    def __init__(self, reg: Registry, repo: str, spec: str, settings: Settings):
+        self.reg, self.repo, self.spec, self.settings = reg, repo, spec, settings
         self.owner = uuid.uuid4().hex
         self.host = socket.gethostname()
         self.digest: Optional[str] = None
@@ -69,26 +67,24 @@ class _Lease:
         return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "spec_hash": self.spec, "renewed": utc_now()}
 
     def read(self) -> Optional[dict]:
-        got = read_record(self.reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
-        return got[0] if got else None
+        got = read_artifact(self.reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
+        return got[0] if got and isinstance(got[0], dict) else None
 
     def write(self, reg: Optional[Registry] = None) -> None:
-        desc = push_record(reg or self.reg, self.repo, self._doc(), LEASE_TYPE, {}, tag=lease_tag(self.spec))
+        desc = push_artifact(reg or self.reg, self.repo, self._doc(), LEASE_TYPE, {}, tag=lease_tag(self.spec))
         self.digest = desc.digest
 
     def stale(self, lease: dict) -> bool:
         if lease.get("host") == self.host and isinstance(lease.get("pid"), int) and not _pid_alive(lease["pid"]):
             return True  # its holder died on this machine: no need to wait out the clock
-        return _age(lease.get("renewed", "")) > _seconds("COMPOSER_LEASE_STALE", 60)
+        return _age(lease.get("renewed", "")) > self.settings.lease_stale
 
     def _renew(self) -> None:
-        # A registry client of its own: requests sessions are not shared across threads.
-        reg = Registry(self.reg.host, ca_bundle=self.reg.verify if isinstance(self.reg.verify, str) else None)
-        reg.base = self.reg.base
-        while not self._stop.wait(_seconds("COMPOSER_LEASE_RENEW", 10)):
+        reg = self.reg.clone()  # a client of its own: requests sessions are not shared across threads
+        while not self._stop.wait(self.settings.lease_renew):
             try:
-                got = read_record(reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
-                if got is None or got[0].get("owner") != self.owner:
+                got = read_artifact(reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
+                if got is None or not isinstance(got[0], dict) or got[0].get("owner") != self.owner:
                     return  # lost to another builder: never write over its lease
                 self.write(reg)
             except Exception:  # a missed renewal only risks a duplicate build, never a wrong result
@@ -128,20 +124,21 @@ def confirm_ownership() -> None:
         raise LostLease()
 
 
-def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[T]], build: Callable[[], T]) -> Tuple[T, bool]:
+def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[T]], build: Callable[[], T],
+               settings: Settings) -> Tuple[T, bool]:
     """find() or build() under the spec's lease: (result, True if this process built it).
 
     No settling pause on the way in: racing builders that both read back their own lease
     both start, and the ownership check before publishing (confirm_ownership) lets only
     the last writer publish; the others then wait for its spec tag.
     """
-    deadline = time.monotonic() + _seconds("COMPOSER_LEASE_WAIT", 3600)
-    poll = _seconds("COMPOSER_LEASE_POLL", 0.5)
+    deadline = time.monotonic() + settings.lease_wait
+    poll = settings.lease_poll
     while time.monotonic() < deadline:
         found = find()
         if found is not None:
             return found, False
-        lease = _Lease(reg, repo, spec)
+        lease = _Lease(reg, repo, spec, settings)
         current = lease.read()
         if current is not None and not lease.stale(current):
             time.sleep(poll)  # another builder holds it: wait for its spec tag

@@ -4,10 +4,10 @@ as an environment.yml (conda dependencies plus a `pip:` section).
 The path, end to end:
   1. the upstream run record holds the prefix, its channels and the explicit package list
      (name, version, build, channel, sha256, ...), read from the prefix's conda-meta/ by the
-     probe (composer/resolver.py) or given as an @EXPLICIT list (`record --requirements`);
+     probe (composer/upstream/probe.py) or given as an @EXPLICIT list (`record --requirements`);
   2. the conda dependencies are solved with py-rattler (a real conda solver, the same on
      every machine) with every upstream conda package pinned; a clash is one line naming both
-     sides. The pip part is then locked with uv on top (composer/lock.py), every upstream
+     sides. The pip part is then locked with uv on top (composer/kinds/pip.py), every upstream
      distribution and every Python conda package pinned;
   3. dockerfiles/conda.Dockerfile installs the locked conda packages into the upstream prefix:
      with micromamba when there is one (the image's, or the host's `--micromamba`/MAMBA_EXE,
@@ -15,7 +15,7 @@ The path, end to end:
      py-rattler links them on the host into a staging tree *for that prefix* (the prefix is
      patched into files and entry points as if installed there) and the build step unpacks
      the tree, refusing to replace any upstream file. No installer stays in the image;
-  4. the spec hash covers the conda lock (composer/spec.py), the build record has a `conda`
+  4. the spec hash covers the conda lock (composer/model/spec.py), the build record has a `conda`
      section, and the composed environment's run record keeps the prefix's new package list,
      so it can be the next build's upstream.
 """
@@ -39,11 +39,18 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
-from . import __version__
-from . import state
-from .config import Settings
-from .errors import BuildError, EnvironmentProblem, LockConflictError, UsageError
-from .requirements import _parse_requirement, _read_text, canonical_name
+from composer import state
+from composer.dockerfile import fill, load_template
+from composer.errors import BuildError, EnvironmentProblem, LockConflictError, UsageError
+from composer.kinds.base import Composition, EnvironmentKind
+from composer.kinds.pip import Lock, lock_extras, lock_from_cache, lock_hash, secretless
+from composer.model.canonical import canonical_json, sha256_digest
+from composer.model.records import Distribution, RunRecord, utc_now
+from composer.model.refs import ImageRef
+from composer.requirements import canonical_name, parse_requirement, read_requirements, read_text
+from composer.settings import Settings
+from composer.upstream.conda_meta import normalise_package
+from composer.version import __version__
 
 TEMPLATE_KIND = "conda"
 ENV_FILE_SUFFIXES = (".yml", ".yaml")
@@ -72,7 +79,7 @@ def is_environment_file(path: Path) -> bool:
 
 def read_environment_file(path: Path) -> EnvironmentFile:
     """An environment.yml, strictly: channels, dependencies (conda match specs and one `pip:` list)."""
-    text = _read_text(path, "extras file")
+    text = read_text(path, "extras file")
     try:
         import yaml
     except ImportError as exc:
@@ -106,7 +113,7 @@ def read_environment_file(path: Path) -> EnvironmentFile:
                 if item.strip().startswith("-"):
                     raise UsageError(f"{where}: pip option lines ({item.split()[0]}) are not supported in extras",
                                      "list requirements only; set the index with COMPOSER_INDEX_URL")
-                pip.append(str(_parse_requirement(item.strip(), f"{where} (pip)")))
+                pip.append(str(parse_requirement(item.strip(), f"{where} (pip)")))
         else:
             raise UsageError(f"{where}: {str(dep)[:60]!r} is neither a conda match spec nor a pip: list", "fix the entry")
     if not conda and not pip:
@@ -132,91 +139,6 @@ def _match_spec(text: str, where: str) -> str:
 def _spec_name(spec: str) -> str:
     """The package name of a match spec: 'conda-forge::numpy >=1' -> numpy."""
     return re.split(r"[\s=<>!~\[]", spec.split("::")[-1], 1)[0].lower()
-
-
-# -- explicit lists (conda list --explicit) and the run record's conda section --------
-def is_explicit_file(path: Path) -> bool:
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
-            return any(line.strip() == "@EXPLICIT" for _, line in zip(range(200), f))
-    except OSError:
-        return False
-
-
-def parse_explicit(path: Path) -> List[dict]:
-    """`conda list --explicit [--sha256]` / `micromamba env export --explicit` output -> packages."""
-    text = _read_text(path, "explicit conda list")
-    out: Dict[str, dict] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#") or line == "@EXPLICIT":
-            continue
-        url, _, digest = line.partition("#")
-        parsed = urlparse(url)
-        parts = [p for p in unquote(parsed.path).split("/") if p]
-        fn = parts[-1] if parts else ""
-        stem = re.sub(r"\.(conda|tar\.bz2)$", "", fn)
-        bits = stem.rsplit("-", 2)
-        if parsed.scheme not in ("http", "https", "file") or stem == fn or len(bits) != 3 or len(parts) < 2:
-            raise UsageError(f"{path}:{number}: {line[:80]!r} is not a package URL of an explicit list",
-                             "write CHANNEL/SUBDIR/NAME-VERSION-BUILD.conda#sha256 lines (conda list --explicit --sha256)")
-        digest = digest.strip().lower()
-        digest = digest[len("sha256:"):] if digest.startswith("sha256:") else digest
-        sha256 = digest if re.fullmatch(r"[0-9a-f]{64}", digest) else None
-        md5 = digest if re.fullmatch(r"[0-9a-f]{32}", digest) else None
-        subdir = parts[-2]
-        channel = url[: url.rindex(f"/{subdir}/")]
-        out[bits[0].lower()] = {"name": bits[0].lower(), "version": bits[1], "build": bits[2], "subdir": subdir,
-                                "channel": channel, "url": url, "fn": fn, "sha256": sha256, "md5": md5}
-    if not out:
-        raise UsageError(f"explicit conda list {path} names no package", "pass the output of conda list --explicit --sha256")
-    return list(out.values())
-
-
-def with_explicit_packages(probe: dict, packages: List[dict], image: str) -> dict:
-    """The probe's report with the conda packages replaced by the given explicit list."""
-    found = probe.get("conda")
-    if not found:
-        raise UsageError(f"an explicit conda list was given but image {image} has no conda prefix",
-                         "record the run with its pip freeze instead, or use the image that has the prefix")
-    return {**probe, "conda": {**found, "packages": packages, "packages_source": "explicit"}}
-
-
-def _noarch(value) -> Optional[str]:
-    if isinstance(value, dict):
-        value = value.get("type")
-    if value is True:
-        return "generic"
-    return value if value in ("python", "generic") else None
-
-
-def normalise_package(p: dict) -> dict:
-    """A conda package as records keep it: every key present, channel without its subdir."""
-    url = p.get("url") or None
-    fn = p.get("fn") or (url.rsplit("/", 1)[-1] if url else None)
-    subdir = p.get("subdir") or (url.rsplit("/", 2)[-2] if url and url.count("/") >= 2 else None)
-    channel = (p.get("channel") or "").rstrip("/")
-    if subdir and channel.endswith("/" + subdir):
-        channel = channel[: -len(subdir) - 1]
-    return {
-        "name": str(p["name"]).lower(), "version": str(p.get("version") or ""), "build": str(p.get("build") or ""),
-        "build_number": int(p.get("build_number") or 0), "channel": channel or None, "subdir": subdir, "url": url,
-        "fn": fn, "sha256": (p.get("sha256") or "").lower() or None, "md5": (p.get("md5") or "").lower() or None,
-        "depends": list(p.get("depends") or []), "constrains": list(p.get("constrains") or []),
-        "noarch": _noarch(p.get("noarch")),
-    }
-
-
-def run_record_section(found: dict) -> dict:
-    """The run record's `conda` section from the probe's report (or an explicit list)."""
-    packages = sorted((normalise_package(p) for p in found.get("packages") or []), key=lambda p: p["name"])
-    return {
-        "prefix": found["prefix"],
-        "channels": sorted({p["channel"] for p in packages if p["channel"]}),
-        "packages": packages,
-        "packages_source": found.get("packages_source") or "image",
-        "micromamba": found.get("micromamba"),
-    }
 
 
 # -- py-rattler -------------------------------------------------------------------------
@@ -247,7 +169,7 @@ def _worker_call(op: str, payload: dict, timeout: int = 3600, ca: Optional[str] 
     root = str(Path(__file__).resolve().parent.parent)  # composer importable there, installed or not
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-m", "composer.conda", "--worker"], input=json.dumps({"op": op, **payload}),
+        proc = subprocess.run([sys.executable, "-m", "composer.kinds.conda", "--worker"], input=json.dumps({"op": op, **payload}),
                               capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise EnvironmentProblem(f"py-rattler's {op} took over {timeout} s", "check the channels and the network")
@@ -266,7 +188,7 @@ def _worker_call(op: str, payload: dict, timeout: int = 3600, ca: Optional[str] 
 
 
 def _worker() -> None:
-    """`python -m composer.conda --worker`: one py-rattler operation, JSON in on stdin, JSON out.
+    """`python -m composer.kinds.conda --worker`: one py-rattler operation, JSON in on stdin, JSON out.
 
     py-rattler's async runtime can crash the interpreter at exit after a solve or an install
     (SIGSEGV/SIGABRT in about one run in ten here, py-rattler 0.28), which would turn a
@@ -624,8 +546,6 @@ def _write_stage_tar(stage: Path, members: List[str], out: Path) -> None:
 
 
 def history_entry(lock: CondaLock, spec: str) -> str:
-    from .records import utc_now
-
     stamp = utc_now().replace("T", " ").rstrip("Z")
     lines = [f"==> {stamp} <==", f"# cmd: composer build (spec {spec})", f"# update specs: {json.dumps(lock.requirements)}"]
     lines += [f"+{p['channel']}::{p['name']}-{p['version']}-{p['build']}" for p in lock.added]
@@ -636,8 +556,6 @@ def history_entry(lock: CondaLock, spec: str) -> str:
 def render_conda(*, base_ref: str, base_name: str, base_digest: str, python: dict, prefix: str, installer: Installer,
                  spec_hash: str, syntax: Optional[str]) -> Tuple[str, str]:
     """The Dockerfile for dockerfiles/conda.Dockerfile, and its template id."""
-    from .dockerfile import fill, load_template
-
     if "@sha256:" not in base_ref:
         raise ValueError("the base must be pinned by digest")
     if syntax and not re.match(r"^[A-Za-z0-9._/:@-]+$", syntax):
@@ -663,114 +581,123 @@ def render_conda(*, base_ref: str, base_name: str, base_digest: str, python: dic
     return fill(text, values), template
 
 
-# -- the build job (composer/compose.py's order of work, with the conda lock) --------------
-def wants_conda(extra: str, upstream: dict) -> bool:
-    """The conda path: the extras are an environment.yml, or the upstream is a conda prefix."""
-    return is_environment_file(Path(extra)) or bool(upstream.get("conda"))
-
-
-def lock_pip_part(settings: Settings, env: EnvironmentFile, upstream: dict, conda_lock: CondaLock, run_id: str):
+# -- the kind -----------------------------------------------------------------------------
+def lock_pip_part(settings: Settings, env: EnvironmentFile, upstream: RunRecord, conda_lock: CondaLock, run_id: str) -> Lock:
     """The pip part locked with uv on the upstream's distributions plus every Python conda package."""
-    from .lock import Lock, lock_extras
-
     if not env.pip:
         return Lock(requirements=[], packages=[], added=[])
-    pins = python_pins(conda_lock.packages, upstream["distributions"])
+    pins = python_pins(conda_lock.packages, [d.to_json() for d in upstream.distributions])
+    added = {p["name"] for p in conda_lock.added}
+    conda_pins = {d["name"]: d["version"] for d in pins}
+    all_pins = {**upstream.pins, **conda_pins}
     try:
-        return lock_extras(settings, list(env.pip), {**upstream, "distributions": list(upstream["distributions"]) + pins}, run_id)
-    except LockConflictError as exc:  # name a clash with a conda package of the extras as such, not as the upstream's
-        added = {p["name"] for p in conda_lock.added}
-        for pin in (f"{d['name']}=={d['version']}" for d in pins if d["name"] in added):
-            if f"upstream pin {pin} of run {run_id}" in exc.message:
-                raise LockConflictError(exc.message.replace(f"upstream pin {pin} of run {run_id}", f"conda package {pin} of the extras"), exc.hint)
+        return lock_extras(settings, list(env.pip), all_pins, upstream.python.version,
+                           upstream.platform.python_platform, run_id)
+    except LockConflictError as exc:  # a clash with a conda package of the extras is named as such
+        for name in sorted(added & set(conda_pins)):
+            pin = f"{name}=={conda_pins[name]}"
+            if getattr(exc, "clashing_pin", None) == pin:
+                raise LockConflictError(exc.message.replace(f"upstream pin {pin} of run {run_id}", f"conda package {pin} of the extras"),
+                                        exc.hint) from exc
         raise
 
 
-def build_conda(settings: Settings, *, upstream_run: str, extra: str, requirements: List[str], name: str,
-                run_id: Optional[str], update: bool, upstream: dict, upstream_record_digest: str, base, reg, repo: str):
-    """compose.build for a conda upstream or an environment.yml: same order of work, cache, lease and
-    publishing (compose's own helpers), with the conda solve before the uv lock and the conda template."""
-    from . import compose
-    from .dockerfile import load_template
-    from .lock import Lock
-    from .spec import spec_document, spec_hash
+class CondaKind(EnvironmentKind):
+    name = TEMPLATE_KIND
 
-    path = Path(extra)
-    env = read_environment_file(path) if is_environment_file(path) else EnvironmentFile((), (), tuple(requirements))
-    installer = choose_installer(settings, upstream.get("conda"))  # a bad --micromamba is bad input: fail first
-    _, template = load_template(TEMPLATE_KIND)
+    def claims_file(self, extra: Path) -> bool:
+        return is_environment_file(extra)
 
-    def spec_of(pip_lock: Lock, conda_lock: CondaLock) -> str:
-        return spec_hash(spec_document(
-            base_digest=base.digest, python=upstream["python"], platform=upstream["platform"], packages=pip_lock.packages,
-            template=template, frontend=settings.dockerfile_syntax, conda=conda_lock.spec_part(),
-        ))
+    def claims_upstream(self, upstream: RunRecord) -> bool:
+        return upstream.conda is not None
 
-    key = compose.inputs_key(settings, upstream_record_digest, base.digest, requirements, template)
-    entry = state.read("conda-inputs", key)
-    try:
-        pip_lock, conda_lock = Lock(**entry["lock"]), CondaLock(**entry["conda"])
-        spec = entry["spec_hash"] if spec_of(pip_lock, conda_lock) == entry["spec_hash"] else None
-    except (TypeError, KeyError):
-        spec = None
-    if spec is None:
-        conda_lock = solve_extras(settings, env, upstream, upstream_run)
-        pip_lock = lock_pip_part(settings, env, upstream, conda_lock, upstream_run)
-        spec = spec_of(pip_lock, conda_lock)
-        state.write("conda-inputs", key, {"spec_hash": spec, "lock": asdict(pip_lock), "conda": asdict(conda_lock)})
+    def read_extras(self, path: Path) -> List[str]:
+        return read_environment_file(path).requirements() if is_environment_file(path) else read_requirements(path)
 
-    ctx = {"upstream_run": upstream_run, "upstream_record": upstream_record_digest, "extra": str(extra)}
-    return compose.publish(
-        settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id,
-        build_it=lambda: _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock,
-                                           conda_lock, installer, ctx),
-        as_upstream=lambda record, keys: store_as_upstream(settings, record, upstream, keys),
-    )
+    def _environment(self, path: Path, requirements: List[str]) -> EnvironmentFile:
+        return read_environment_file(path) if is_environment_file(path) else EnvironmentFile((), (), tuple(requirements))
 
+    def lock_inputs(self, settings: Settings, upstream: RunRecord, requirements: List[str]) -> dict:
+        self.installer(settings, upstream)  # a bad --micromamba is bad input: refuse it before any work
+        conda = upstream.conda or {}
+        return {
+            "inputs": "composer.conda-lock-inputs/v1",
+            "pins": sorted(d.pin for d in upstream.distributions),
+            "conda": sorted(f"{p['name']}={p['version']}={p['build']}/{p.get('subdir') or ''}/{p.get('sha256') or p.get('md5') or ''}"
+                            for p in conda.get("packages") or []),
+            "prefix": conda.get("prefix"), "channels": list(conda.get("channels") or []),
+            "python": upstream.python.version, "platform": upstream.platform.python_platform,
+            "subdir": subdir_of(upstream.to_json()), "requirements": sorted(requirements),
+            "index_url": secretless(settings.index_url), "extra_index_url": secretless(settings.extra_index_url),
+        }
 
-def _build_and_record(settings, reg, repo, name, spec, base, upstream, requirements, pip_lock, conda_lock: CondaLock,
-                      installer: Installer, ctx: dict):
-    """Build and push the image; compose.record_and_tag then pushes its record and the spec tag."""
-    from . import compose
-    from .builders import BuildRequest, detect
-    from .names import ImageRef
-    dockerfile, _ = render_conda(
-        base_ref=base.pinned(), base_name=compose._human_name(upstream["image"]), base_digest=base.digest,
-        python=upstream["python"], prefix=conda_lock.prefix, installer=installer, spec_hash=spec, syntax=settings.dockerfile_syntax,
-    )
-    builder = detect(settings)
-    tag = compose.unique_tag(name, spec)
-    target = ImageRef(settings.registry_host, repo, tag)
-    with tempfile.TemporaryDirectory(prefix="composer-build-") as tmp:
-        context, secrets = compose._prepare_context(Path(tmp), dockerfile, pip_lock, settings)
-        if not pip_lock.added:
+    def lock(self, settings: Settings, upstream: RunRecord, requirements: List[str], path: Path,
+             run_id: str) -> Tuple[Lock, "CondaLock"]:
+        env = self._environment(path, requirements)
+        conda_lock = solve_extras(settings, env, upstream.to_json(), run_id)
+        return lock_pip_part(settings, env, upstream, conda_lock, run_id), conda_lock
+
+    def cached(self, entry: dict, upstream: RunRecord) -> Optional[Tuple[Lock, "CondaLock"]]:
+        try:
+            conda_lock = CondaLock(**entry["conda"])
+        except (TypeError, KeyError):
+            return None
+        pins = {**upstream.pins, **{d["name"]: d["version"] for d in python_pins(conda_lock.packages, [])}}
+        lock = lock_from_cache(entry, pins)
+        if lock is None or entry.get("conda_hash") != _conda_hash(conda_lock):
+            return None
+        return lock, conda_lock
+
+    def to_cache(self, lock: Lock, extra: Optional[object]) -> dict:
+        assert isinstance(extra, CondaLock)
+        return {"lock": asdict(lock), "lock_hash": lock_hash(lock), "conda": asdict(extra), "conda_hash": _conda_hash(extra)}
+
+    def spec_parts(self, extra: Optional[object]) -> dict:
+        assert isinstance(extra, CondaLock)
+        return {"conda": extra.spec_part()}
+
+    def installer(self, settings: Settings, upstream: RunRecord) -> Installer:
+        return choose_installer(settings, upstream.conda)
+
+    def render(self, settings: Settings, base: ImageRef, upstream: RunRecord, comp: Composition) -> str:
+        conda_lock = comp.extra
+        assert isinstance(conda_lock, CondaLock)
+        dockerfile, _ = render_conda(
+            base_ref=base.pinned(), base_name=upstream.image.human_name, base_digest=base.digest or "",
+            python=upstream.python.to_json(), prefix=conda_lock.prefix, installer=self.installer(settings, upstream),
+            spec_hash=comp.spec_hash, syntax=settings.dockerfile_syntax,
+        )
+        return dockerfile
+
+    def prepare_context(self, settings: Settings, context: Path, comp: Composition, upstream: RunRecord) -> None:
+        assert isinstance(comp.extra, CondaLock)
+        if not comp.lock.added:
             (context / "composer-extras.lock").write_text("", encoding="utf-8")  # the pip step then does nothing
-        prepare_conda_context(settings, context, conda_lock, installer, upstream, spec)
-        digest = builder.build_and_push(BuildRequest(
-            context=context, target=target, secrets=secrets, plain_http=reg.base.startswith("http:"), progress=settings.progress,
-        ))
-    conda = {"prefix": conda_lock.prefix, "channels": conda_lock.channels, "requirements": conda_lock.requirements,
-             "packages": conda_lock.packages, "added": [p["name"] for p in conda_lock.added], "installer": installer.kind}
-    # requirements: the extras as read_extras gives them (channel:, conda: and pip entries), for `rebuild`
-    return compose.record_and_tag(settings, reg, repo, name=name, spec=spec, tag=tag, digest=digest, base=base,
-                                  upstream=upstream, ctx=ctx, requirements=requirements, lock=pip_lock,
-                                  builder=builder.name, dockerfile=dockerfile, extra={"conda": conda})
+        prepare_conda_context(settings, context, comp.extra, self.installer(settings, upstream), upstream.to_json(),
+                              comp.spec_hash)
+
+    def record_section(self, settings: Settings, comp: Composition, upstream: RunRecord) -> Optional[dict]:
+        lock = comp.extra
+        assert isinstance(lock, CondaLock)
+        return {"prefix": lock.prefix, "channels": lock.channels, "requirements": lock.requirements,
+                "packages": lock.packages, "added": [p["name"] for p in lock.added],
+                "installer": self.installer(settings, upstream).kind}
+
+    def composed_environment(self, comp: Composition, upstream: RunRecord) -> Tuple[List[Distribution], Optional[dict]]:
+        lock = comp.extra
+        assert isinstance(lock, CondaLock)
+        dists = [Distribution(p["name"], p["version"]) for p in comp.lock.packages]
+        dists += [Distribution(d["name"], d["version"])
+                  for d in python_pins(lock.packages, [d.to_json() for d in upstream.distributions])]
+        section = None
+        if upstream.conda is not None:
+            section = {**upstream.conda, "packages": lock.packages or upstream.conda["packages"], "packages_source": "composed"}
+            section["channels"] = sorted({p["channel"] for p in section["packages"] if p.get("channel")})
+        return dists, section
 
 
-def store_as_upstream(settings: Settings, record: dict, upstream: dict, keys: List[str]) -> None:
-    """A run record for the composed environment (so it can be another build's upstream), with its
-    prefix's new package list and the Python conda packages among its distributions."""
-    from . import compose
-
-    conda = record.get("conda") or {}
-    section = None
-    if upstream.get("conda"):
-        section = {**upstream["conda"], "packages": conda.get("packages") or upstream["conda"]["packages"],
-                   "packages_source": "composed"}
-        section["channels"] = sorted({p["channel"] for p in section["packages"] if p.get("channel")})
-    compose._store_as_upstream(settings, record, upstream, keys,
-                               more_dists=python_pins(conda.get("packages") or [], upstream["distributions"]),
-                               extra={"conda": section} if section else None)
+def _conda_hash(lock: CondaLock) -> str:
+    return sha256_digest(canonical_json(asdict(lock)))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:

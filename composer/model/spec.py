@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Optional
 
-from .canonical import canonical_json, sha256_digest
+from composer.model.canonical import canonical_json, sha256_digest
 
 SPEC_VERSION = "composer.spec/v1"
 

@@ -8,6 +8,10 @@ composer.toml holds plain keys at the top level, e.g.
 
 Credentials never belong here: registry logins come from the Docker config,
 index credentials from COMPOSER_INDEX_URL (see README, "Secrets").
+
+Every setting is read here, once, when a command starts (never at import time), and a bad
+value is one line and exit 2. Tuning knobs (timeouts, retries, lease timing, compression)
+come from the environment only; composer.toml holds the plain keys.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from typing import Any, Mapping, Optional
 
 import tomli
 
-from .errors import UsageError
-from .names import HOST_RE, REPOSITORY_RE
+from composer.errors import UsageError
+from composer.model.refs import HOST_RE, REPOSITORY_RE
 
 BUILDERS = ("auto", "daemonless", "buildctl", "buildx", "docker")
 DEFAULT_CA_PATHS = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
@@ -38,6 +42,16 @@ class Settings:
     buildkit_host: Optional[str] = None
     progress: str = "auto"  # auto | plain | quiet
     micromamba: Optional[str] = None  # host micromamba for conda builds (bind-mounted into the step, never kept)
+    # -- tuning, from the environment only -------------------------------------
+    registry_attempts: int = 3  # tries per registry call before an error
+    build_timeout: int = 3600  # seconds a BuildKit build may take
+    uv_timeout: int = 1800  # seconds the daemonless builder's uv install may take
+    gzip_level: int = 6  # daemonless layers
+    layer_compression: str = "auto"  # auto | gzip | zstd (daemonless, OCI bases)
+    lease_stale: float = 60.0  # seconds without renewal after which a build lease is taken over
+    lease_renew: float = 10.0
+    lease_wait: float = 3600.0  # seconds a builder waits for another's build of the same spec
+    lease_poll: float = 0.5
 
     # -- derived locations -------------------------------------------------
     @property
@@ -90,6 +104,40 @@ _ENV = {
 }
 
 
+# name: (environment variable, parse, what a good value looks like)
+_TUNING = {
+    "registry_attempts": ("COMPOSER_REGISTRY_ATTEMPTS", int, "a whole number >= 1, e.g. 3", 1),
+    "build_timeout": ("COMPOSER_BUILD_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 3600", 1),
+    "uv_timeout": ("COMPOSER_UV_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 1800", 1),
+    "gzip_level": ("COMPOSER_GZIP_LEVEL", int, "1 (fastest) to 9 (smallest); default 6", 1),
+    "lease_stale": ("COMPOSER_LEASE_STALE", float, "seconds, e.g. 60", 0),
+    "lease_renew": ("COMPOSER_LEASE_RENEW", float, "seconds, e.g. 10", 0),
+    "lease_wait": ("COMPOSER_LEASE_WAIT", float, "seconds, e.g. 3600", 0),
+    "lease_poll": ("COMPOSER_LEASE_POLL", float, "seconds, e.g. 0.5", 0),
+}
+
+
+def _tuning(env: Mapping[str, str]) -> dict:
+    out: dict = {}
+    for key, (var, kind, want, low) in _TUNING.items():
+        raw = env.get(var)
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            value = None
+        if value is None or value < low or value != value or (key == "gzip_level" and value > 9):
+            raise UsageError(f"{var}={raw!r} is not valid", f"use {want}, or unset it")
+        out[key] = value
+    compression = env.get("COMPOSER_LAYER_COMPRESSION")
+    if compression:
+        if compression not in ("auto", "gzip", "zstd"):
+            raise UsageError(f"COMPOSER_LAYER_COMPRESSION={compression!r} is not auto, gzip or zstd", "unset it or pick one of those")
+        out["layer_compression"] = compression
+    return out
+
+
 def _config_file(explicit: Optional[str], env: Mapping[str, str]) -> Optional[Path]:
     path = explicit or env.get("COMPOSER_CONFIG")
     if path:
@@ -106,7 +154,7 @@ def _read_toml(path: Path) -> dict:
         data = tomli.loads(path.read_text(encoding="utf-8"))
     except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere")
-    known = {f.name for f in fields(Settings)}
+    known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")
@@ -137,6 +185,7 @@ def load_settings(
     for key, var in _ENV.items():
         if env.get(var):
             merged[key] = env[var]
+    merged.update(_tuning(env))
     for key, value in (flags or {}).items():
         if value is not None:
             merged[key] = value

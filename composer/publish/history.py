@@ -16,12 +16,16 @@ import json
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .canonical import canonical_json
-from .errors import RegistryError
-from .records import utc_now
-from .registry import OCI_INDEX, Descriptor, Registry
+from composer.errors import RegistryError, VerificationError
+from composer.model.canonical import canonical_json
+from composer.model.records import utc_now
+from composer.model.refs import DIGEST_RE, TAG_RE
+from composer.oci.client import OCI_INDEX, Descriptor, Registry
 
-A_VERSION = "dev.composer.version"
+# dev.composer.version means composer's own version in image labels; a history entry's number
+# is dev.composer.history.version (entries written before that are still read).
+A_VERSION = "dev.composer.history.version"
+A_VERSION_OLD = "dev.composer.version"
 A_RECORD = "dev.composer.record"
 A_SPEC = "dev.composer.spec-hash"
 A_CREATED = "org.opencontainers.image.created"
@@ -48,17 +52,29 @@ class Version:
                 "created": self.created, "reason": self.reason, "alias_of": self.alias_of}
 
 
-def _parse(entry: dict) -> Version:
-    a = entry.get("annotations") or {}
-    return Version(int(a.get(A_VERSION, 0)), Descriptor(entry["mediaType"], entry["digest"], int(entry["size"])),
-                   a.get(A_RECORD, ""), a.get(A_SPEC, ""), a.get(A_CREATED, ""), a.get(A_REASON, ""), a.get(A_ALIAS_OF))
+def _parse(entry: object, where: str) -> Version:
+    """One history entry, checked: the index is registry data anyone with push access can write."""
+    a = entry.get("annotations") if isinstance(entry, dict) else None
+    a = a if isinstance(a, dict) else {}
+    number = a.get(A_VERSION, a.get(A_VERSION_OLD, ""))
+    desc = Descriptor.from_dict(entry if isinstance(entry, dict) else {})
+    record, spec = a.get(A_RECORD, ""), a.get(A_SPEC, "")
+    alias_of = a.get(A_ALIAS_OF)
+    if (not str(number).isdigit() or not DIGEST_RE.match(desc.digest) or (record and not DIGEST_RE.match(record))
+            or (spec and not DIGEST_RE.match(spec)) or (alias_of is not None and not TAG_RE.match(str(alias_of)))):
+        raise VerificationError(f"the history {where} has a malformed entry", "the registry content is corrupt or tampered with")
+    return Version(int(number), desc, record, spec, str(a.get(A_CREATED, "")), str(a.get(A_REASON, "")), alias_of)
 
 
 def read_history(reg: Registry, repo: str, name: str) -> List[Version]:
     got = reg.get_manifest(repo, history_tag(name))
     if got is None:
         return []
-    return [_parse(m) for m in json.loads(got[0]).get("manifests", [])]
+    index = json.loads(got[0])
+    entries = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise VerificationError(f"the history of {name!r} is not an OCI index", "the registry content is corrupt or tampered with")
+    return [_parse(m, f"of {name!r}") for m in entries]
 
 
 def append_version(reg: Registry, repo: str, name: str, image: Descriptor, record: str, spec_hash: str,
@@ -68,7 +84,7 @@ def append_version(reg: Registry, repo: str, name: str, image: Descriptor, recor
         got = reg.get_manifest(repo, history_tag(name))
         index = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
                                                  "annotations": {"dev.composer.history": name}}
-        versions = [_parse(m) for m in index["manifests"]]
+        versions = [_parse(m, f"of {name!r}") for m in index["manifests"]]
         if versions and versions[-1].image.digest == image.digest and versions[-1].alias_of == alias_of:
             return versions[-1]
         number = (versions[-1].number if versions else 0) + 1

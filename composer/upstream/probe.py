@@ -1,9 +1,8 @@
-"""Finding an upstream run's environment.
+"""Looking inside an upstream image: pin it to a digest, read its platform from the registry,
+and run a tiny, network-less python probe in it for python and its distributions.
 
-`record_run` registers the image a run ran in: it pins the image to a digest,
-reads its platform from the registry, looks inside it for python and its
-installed distributions, and stores a run record in the registry.
-`load_run` finds that record again from any machine.
+Whatever the probe prints is the image's word, not ours: RunRecord.from_json checks every
+field before anything uses it.
 """
 
 from __future__ import annotations
@@ -11,32 +10,27 @@ from __future__ import annotations
 import json
 import platform as host_platform
 import re
-from pathlib import Path
-from typing import Optional, Tuple
+from typing import Tuple
 
-from . import __version__
-from .config import Settings
-from .errors import EnvironmentProblem, NotFoundError, UsageError, VerificationError
-from .names import ImageRef, parse_image_ref, run_tag
-from .records import ANNOTATION_CREATED, ANNOTATION_RUN, RUN_RECORD_SCHEMA, RUN_RECORD_TYPE, push_record, read_record, utc_now
-from .registry import DOCKER_LIST, OCI_INDEX, Registry
-from .requirements import canonical_name, parse_pinned
-
-RUNS_REPOSITORY = "runs"
+from composer.errors import EnvironmentProblem, NotFoundError, UsageError
+from composer.model.refs import ImageRef, parse_image_ref
+from composer.oci import connect
+from composer.oci.client import DOCKER_LIST, OCI_INDEX
+from composer.settings import Settings
 
 # Runs inside the image with its own shell and PATH: finds python the way the
 # image's users would, then reports what a lock needs to know about it.
 # Conda: an active prefix ($CONDA_PREFIX) comes before PATH, and a micromamba image's
 # environment ($MAMBA_ROOT_PREFIX, $ENV_NAME: its entrypoint activates it, the probe bypasses
 # the entrypoint) too; /opt/conda is the last resort.
-_FIND_PYTHON = (
+FIND_PYTHON = (
     'mm=""; if [ -n "$MAMBA_ROOT_PREFIX" ]; then if [ -z "$ENV_NAME" ] || [ "$ENV_NAME" = base ]; '
     'then mm="$MAMBA_ROOT_PREFIX/bin/python"; else mm="$MAMBA_ROOT_PREFIX/envs/$ENV_NAME/bin/python"; fi; fi; '
     'for p in "$COMPOSER_PYTHON" "${CONDA_PREFIX:+$CONDA_PREFIX/bin/python}" "$mm" python3 python /opt/conda/bin/python; do '
     '[ -n "$p" ] && command -v "$p" >/dev/null 2>&1 && exec "$p" -c "$0"; done; '
     'echo "composer-probe: no python interpreter on PATH" >&2; exit 97'
 )
-_PROBE = r"""
+PROBE_SCRIPT = r"""
 import json, os, platform, sys, sysconfig
 try:
     from importlib import metadata
@@ -96,18 +90,10 @@ _ARCH_TO_MACHINE = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le",
 _MACHINE_TO_ARCH = {v: k for k, v in _ARCH_TO_MACHINE.items()}
 
 
-def registry_for(settings: Settings, host: Optional[str] = None) -> Registry:
-    return Registry(host or settings.registry_host, insecure_hosts=settings.insecure_registries, ca_bundle=_registry_ca(settings))
-
-
-def _registry_ca(settings: Settings) -> Optional[str]:
-    return settings.ca_bundle if settings.ca_bundle and settings.ca_bundle != "none" else None
-
-
 def pin_image(settings: Settings, text: str) -> Tuple[ImageRef, dict]:
     """Resolve an image reference to a single-platform manifest digest and its config."""
     ref = parse_image_ref(text)
-    reg = registry_for(settings, ref.registry)
+    reg = connect(settings, ref.registry)
     got = reg.get_manifest(ref.repository, ref.reference)
     if got is None:
         raise NotFoundError(f"image {text} is not in registry {ref.registry}", "push it first or fix the reference")
@@ -159,7 +145,7 @@ def probe_image(image: ImageRef, config: dict) -> dict:
         label = ((config.get("config") or {}).get("Labels") or {}).get("dev.composer.python")
         own_env = any(e.startswith("COMPOSER_PYTHON=") for e in (config.get("config") or {}).get("Env") or [])
         out = client.containers.run(
-            pinned, entrypoint=["/bin/sh"], command=["-c", _FIND_PYTHON, _PROBE],
+            pinned, entrypoint=["/bin/sh"], command=["-c", FIND_PYTHON, PROBE_SCRIPT],
             remove=True, network_disabled=True, stdout=True, stderr=False,
             environment={"COMPOSER_PYTHON": label} if label and not own_env else None,
         )
@@ -182,90 +168,3 @@ def python_platform(arch: str, probe: dict) -> str:
         major, minor = probe["libc_version"].split(".")[:2]
         return f"{machine}-manylinux_{major}_{minor}"
     return f"{machine}-unknown-linux-musl" if probe.get("libc") in ("", None) else f"{machine}-unknown-linux-gnu"
-
-
-def build_run_record(run_id: str, image: ImageRef, config: dict, probe: dict, distributions: list, source: str) -> dict:
-    arch = config.get("architecture") or ""
-    return {
-        "schema": RUN_RECORD_SCHEMA,
-        "run": run_id,
-        "image": {"repository": image.name, "digest": image.digest, "tag": image.tag},
-        "python": {k: probe[k] for k in ("executable", "version", "implementation", "prefix", "kind", "site_packages", "externally_managed")},
-        "platform": {
-            "os": config.get("os") or "linux",
-            "architecture": arch,
-            "variant": config.get("variant"),
-            "libc": probe.get("libc") or None,
-            "libc_version": probe.get("libc_version") or None,
-            "python_platform": python_platform(arch, probe),
-        },
-        "distributions": sorted(({"name": canonical_name(d["name"]), "version": d["version"]} for d in distributions), key=lambda d: d["name"]),
-        "distributions_source": source,
-        "composer_version": __version__,
-        "created": utc_now(),
-        # --- conda (composer/conda.py): prefix, channels, explicit package list; only when there is a prefix
-        **({"conda": _conda_section(probe["conda"])} if probe.get("conda") else {}),
-    }
-
-
-def _conda_section(found: dict) -> dict:
-    from .conda import run_record_section
-
-    return run_record_section(found)
-
-
-def store_run_record(settings: Settings, record: dict) -> str:
-    reg = registry_for(settings)
-    repo = settings.repository(RUNS_REPOSITORY)
-    desc = push_record(
-        reg, repo, record, RUN_RECORD_TYPE,
-        {ANNOTATION_RUN: record["run"], ANNOTATION_CREATED: record["created"]},
-        tag=run_tag(record["run"]),
-    )
-    return desc.digest
-
-
-def record_run(settings: Settings, run_id: str, image_text: str, requirements: Optional[str] = None) -> Tuple[dict, str]:
-    if not run_id.strip():
-        raise UsageError("the run id is empty", "pass --run RUN_ID")
-    settings.require_registry()
-    # --- conda: an explicit conda list (@EXPLICIT) gives the conda packages; distributions come from the image
-    from .conda import is_explicit_file, parse_explicit, with_explicit_packages
-
-    explicit = parse_explicit(Path(requirements)) if requirements and is_explicit_file(Path(requirements)) else None
-    requirements = None if explicit is not None else requirements
-    # --- end conda
-    pinned_reqs = parse_pinned(Path(requirements)) if requirements else None
-    image, config = pin_image(settings, image_text)
-    probe = probe_image(image, config)
-    if explicit is not None:  # --- conda
-        probe = with_explicit_packages(probe, explicit, image.pinned())
-    dists = pinned_reqs if pinned_reqs is not None else probe["distributions"]
-    record = build_run_record(run_id, image, config, probe, dists, "requirements" if pinned_reqs is not None else "image")
-    return record, store_run_record(settings, record)
-
-
-def load_run(settings: Settings, run_id: str, upstream_step: Optional[str] = None) -> Tuple[dict, str]:
-    """The run record for run_id and its manifest digest; a clear error when there is none."""
-    # --- Metaflow (composer/metaflow_link.py): upstream_step makes Flow/Run into Flow/Run/step
-    from .metaflow_link import load_metaflow_run, with_step
-
-    run_id = with_step(run_id, upstream_step)
-    # --- end Metaflow
-    reg = registry_for(settings)
-    repo = settings.repository(RUNS_REPOSITORY)
-    got = read_record(reg, repo, run_tag(run_id), RUN_RECORD_TYPE)
-    if got is None:
-        # --- Metaflow: composer's own record first (above), then the environments the run's tasks registered
-        found = load_metaflow_run(settings, run_id)
-        if found is not None:
-            return found
-        # --- end Metaflow
-        raise NotFoundError(
-            f"no environment is recorded for run {run_id!r} in {settings.registry}",
-            f"record one with: python -m composer record --run {run_id} --image REGISTRY/REPO:TAG",
-        )
-    record, desc, _ = got
-    if record.get("schema") != RUN_RECORD_SCHEMA or record.get("run") != run_id:
-        raise VerificationError(f"the record stored for run {run_id!r} is for {record.get('run')!r}", "re-record the run")
-    return record, desc.digest

@@ -7,14 +7,14 @@ import json
 import re
 from typing import Dict, List, Set
 
-from .compose import env_repository, resolve
-from .config import Settings
-from .errors import NotFoundError, UsageError
-from .history import Version, append_version, read_history, rewrite_history
-from .names import RESERVED_PREFIXES, check_name
-from .records import RUN_RECORD_TYPE, find_build_records, read_record
-from .registry import Registry
-from .resolver import RUNS_REPOSITORY, registry_for
+from composer.catalog import resolve
+from composer.errors import NotFoundError, UsageError
+from composer.model.refs import RESERVED_PREFIXES, check_name
+from composer.oci import connect
+from composer.oci.client import Registry
+from composer.publish.history import Version, append_version, read_history, rewrite_history
+from composer.settings import Settings
+from composer.store import build_records_of, envs_repository, read_run_record, runs_repository
 
 _UNIQUE = re.compile(r"-[0-9a-f]{12}\Z")
 
@@ -26,8 +26,8 @@ def names(reg: Registry, repo: str) -> List[str]:
 
 def history(settings: Settings, name: str) -> List[dict]:
     check_name(name)
-    reg = registry_for(settings)
-    versions = read_history(reg, env_repository(settings), name)
+    reg = connect(settings)
+    versions = read_history(reg, envs_repository(settings), name)
     if not versions:
         raise NotFoundError(f"no environment or alias named {name!r} in {settings.registry}", "see composer ls")
     return [v.to_json() for v in versions]
@@ -36,20 +36,20 @@ def history(settings: Settings, name: str) -> List[dict]:
 def set_alias(settings: Settings, alias: str, target: str) -> dict:
     """Point alias at target (NAME or NAME@N) and record the move in the alias's history."""
     check_name(alias)
-    reg = registry_for(settings)
-    repo = env_repository(settings)
+    reg = connect(settings)
+    repo = envs_repository(settings)
     target_name = target.partition("@")[0]
     if alias == target_name:
         raise UsageError(f"alias {alias!r} cannot point at itself", "pick another alias name")
-    if any(r[0].get("name") == alias for d in _current_digest(reg, repo, alias) for r in find_build_records(reg, repo, d)):
+    if any(r.name == alias for d in _current_digest(reg, repo, alias) for r, _ in build_records_of(reg, repo, d)):
         raise UsageError(f"{alias!r} is an environment name, not an alias", "pick another alias name")
     ref, record, record_digest = resolve(settings, target)
     digest = ref.split("@", 1)[1]
     image = reg.head_manifest(repo, digest)
     assert image is not None  # resolve just read it
-    version = append_version(reg, repo, alias, image, record_digest, record["spec_hash"], "alias", alias_of=record["name"])
+    version = append_version(reg, repo, alias, image, record_digest, record.spec_hash, "alias", alias_of=record.name)
     reg.tag(repo, digest, alias)  # after its history entry, as for names
-    return {"alias": alias, "ref": ref, "alias_of": record["name"], "version": version.number, "record": record_digest}
+    return {"alias": alias, "ref": ref, "alias_of": record.name, "version": version.number, "record": record_digest}
 
 
 def _current_digest(reg: Registry, repo: str, name: str) -> List[str]:
@@ -58,8 +58,8 @@ def _current_digest(reg: Registry, repo: str, name: str) -> List[str]:
 
 
 def ls(settings: Settings) -> List[dict]:
-    reg = registry_for(settings)
-    repo = env_repository(settings)
+    reg = connect(settings)
+    repo = envs_repository(settings)
     out = []
     for name in names(reg, repo):
         ref, record, record_digest = resolve(settings, name)
@@ -67,9 +67,9 @@ def ls(settings: Settings) -> List[dict]:
         size = manifest["config"]["size"] + sum(l["size"] for l in manifest.get("layers", []))
         out.append({
             "name": name, "ref": ref, "digest": ref.split("@", 1)[1], "record": record_digest,
-            "alias_of": record["name"] if record["name"] != name else None,
-            "upstream_run": record["upstream"]["run"], "base_digest": record["base"]["digest"],
-            "created": record["created"], "size": size,
+            "alias_of": record.name if record.name != name else None,
+            "upstream_run": record.upstream_run, "base_digest": record.base.digest,
+            "created": record.created, "size": size,
         })
     return out
 
@@ -90,8 +90,8 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
     """
     if keep < 1:
         raise UsageError(f"--keep {keep} would remove what names point at", "keep at least 1")
-    reg = registry_for(settings)
-    repo = env_repository(settings)
+    reg = connect(settings)
+    repo = envs_repository(settings)
     histories: Dict[str, List[Version]] = {}
     protected: Set[str] = set()
     candidates: Set[str] = set()
@@ -105,14 +105,14 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
                 candidates.add(v.image.digest)
     # Bases of kept compositions (a composed environment used as another's upstream).
     for digest in list(protected):
-        for record, _ in find_build_records(reg, repo, digest):
-            protected.add(record["base"]["digest"])
+        for record, _ in build_records_of(reg, repo, digest):
+            protected.add(record.base.digest)
     # Images that run records name: those runs must stay composable.
-    runs_repo = settings.repository(RUNS_REPOSITORY)
+    runs_repo = runs_repository(settings)
     for tag in reg.tags(runs_repo):
-        got = read_record(reg, runs_repo, tag, RUN_RECORD_TYPE)
+        got = read_run_record(reg, runs_repo, tag)
         if got:
-            protected.add(got[0]["image"]["digest"])
+            protected.add(got[0].image.digest)
     doomed = sorted(candidates - protected)
     report = {"dry_run": dry_run, "deleted": doomed, "kept": len(protected), "names": sorted(histories)}
     if dry_run or not doomed:

@@ -12,60 +12,65 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from .catalog import names as list_names
-from .compose import build, env_repository, resolve
-from .config import Settings
-from .errors import ComposerError
-from .names import parse_image_ref
-from .requirements import read_extras
-from .resolver import load_run, registry_for
+from composer import kinds
+from composer.catalog import resolve
+from composer.catalog.listing import names as list_names
+from composer.errors import ComposerError
+from composer.model.records import BuildRecord
+from composer.model.refs import parse_image_ref
+from composer.oci import connect
+from composer.pipeline import build
+from composer.settings import Settings
+from composer.store import envs_repository
+from composer.upstream.runs import load_run
 
 
-def triggers(settings: Settings, record: dict) -> "tuple[List[str], Optional[str]]":
-    """(why the composition is stale, the moved base tag if that is one of the reasons)."""
+def triggers(settings: Settings, record: BuildRecord) -> "tuple[List[str], Optional[str]]":
+    """(why the composition is stale, the moved base tag if that is one of the reasons), from
+    the name's own provenance: its upstream run, its extras file, its base tag."""
     reasons: List[str] = []
-    _, upstream_digest = load_run(settings, record["upstream"]["run"])
-    if upstream_digest != record["upstream"]["record"]:
-        reasons.append(f"upstream run {record['upstream']['run']} was re-recorded")
-    extra = (record.get("inputs") or {}).get("extra")
-    if extra and Path(extra).exists() and read_extras(Path(extra)) != record["lock"]["requirements"]:
+    _, upstream_digest = load_run(settings, record.upstream_run)
+    if upstream_digest != record.upstream_record:
+        reasons.append(f"upstream run {record.upstream_run} was re-recorded")
+    extra = record.inputs.get("extra")
+    if extra and Path(extra).exists() and tuple(kinds.read_extras(Path(extra))) != record.lock.requirements:
         reasons.append(f"extras file {extra} changed")
     moved = None
-    tag = record["base"].get("tag")
+    tag = record.base.tag
     if tag:
-        ref = parse_image_ref(f"{record['base']['repository']}:{tag}")
-        now = registry_for(settings, ref.registry).head_manifest(ref.repository, tag)
-        if now is not None and now.digest != record["base"]["digest"]:
+        ref = parse_image_ref(f"{record.base.repository}:{tag}")
+        now = connect(settings, ref.registry).head_manifest(ref.repository, tag)
+        if now is not None and now.digest != record.base.digest:
             reasons.append(f"base tag {tag} now points at {now.digest[:19]}")
             moved = str(ref)
     return reasons, moved
 
 
 def rebuild(settings: Settings, wanted: List[str], dry_run: bool = False) -> dict:
-    reg = registry_for(settings)
-    targets = wanted or list_names(reg, env_repository(settings))
+    reg = connect(settings)
+    targets = wanted or list_names(reg, envs_repository(settings))
     results = []
     for name in targets:
         entry: dict = {"name": name}
         try:
             _, record, _ = resolve(settings, name)
-            if record["name"] != name:
-                entry.update(status="alias", note=f"alias of {record['name']}: moves only with composer alias")
+            if record.name != name:
+                entry.update(status="alias", note=f"alias of {record.name}: moves only with composer alias")
                 results.append(entry)
                 continue
-            extra = (record.get("inputs") or {}).get("extra")
+            extra = record.inputs.get("extra")
             if not extra or not Path(extra).exists():
                 raise ComposerError(f"the extras file {name!r} was built from ({extra}) is not here",
                                     "run rebuild where the build ran (the path is relative to it)")
             reasons, moved = triggers(settings, record)
-            entry.update(before=record["image"]["digest"], reasons=reasons)
+            entry.update(before=record.image.digest, reasons=reasons)
             if not reasons:
                 entry["status"] = "up-to-date"
             elif dry_run:
                 entry["status"] = "stale"
             else:
-                result = build(settings, record["upstream"]["run"], extra, name=name, update=True, base_update=moved)
-                entry.update(status="rebuilt" if result.digest != record["image"]["digest"] else "up-to-date",
+                result = build(settings, record.upstream_run, extra, name=name, update=True, base_update=moved)
+                entry.update(status="rebuilt" if result.digest != record.image.digest else "up-to-date",
                              after=result.digest, ref=result.ref, cached=result.cached)
         except ComposerError as exc:
             entry.update(status="error", error=exc.one_line(), exit_code=exc.exit_code)

@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from .errors import UsageError
+from composer.errors import UsageError
 
 # OCI distribution spec: tags and repository path components.
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")

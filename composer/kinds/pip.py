@@ -1,4 +1,5 @@
-"""Locking the extras on top of the upstream's pins, with uv.
+"""pip environments: extras from requirements.txt or pyproject.toml, locked with uv on top
+of the upstream's pins, installed by dockerfiles/pip.Dockerfile (or the daemonless builder).
 
 Every distribution of the upstream environment becomes a constraint
 (name==version), so the resolution can add packages but never move one the
@@ -11,13 +12,18 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from .config import Settings
-from .errors import EnvironmentProblem, LockConflictError, UsageError
-from .requirements import canonical_name
+from composer.dockerfile import render_pip
+from composer.errors import EnvironmentProblem, LockConflictError, UsageError
+from composer.kinds.base import Composition, EnvironmentKind
+from composer.model.canonical import canonical_json, sha256_digest
+from composer.model.records import RunRecord
+from composer.model.refs import ImageRef
+from composer.requirements import canonical_name, read_requirements
+from composer.settings import Settings
 
 _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
 
@@ -43,7 +49,7 @@ def uv_binary() -> str:
 
         return uv.find_uv_bin()
     except (ImportError, FileNotFoundError) as exc:
-        raise EnvironmentProblem(f"uv is not available ({exc})", "pip install uv")
+        raise EnvironmentProblem(f"uv is not available ({exc})", "pip install uv") from exc
 
 
 def uv_env(settings: Settings) -> Dict[str, str]:
@@ -75,10 +81,10 @@ def parse_lock(text: str) -> List[dict]:
     return sorted(packages.values(), key=lambda p: p["name"])
 
 
-def lock_extras(settings: Settings, requirements: List[str], upstream: dict, run_id: str) -> Lock:
-    pins = {d["name"]: d["version"] for d in upstream["distributions"]}
-    py = upstream["python"]["version"]
-    plat = upstream["platform"]["python_platform"]
+def lock_extras(settings: Settings, requirements: List[str], pins: Dict[str, str], python_version: str,
+                python_platform: str, run_id: str) -> Lock:
+    """Lock requirements with uv for that python and platform, every pin a constraint."""
+    py, plat = python_version, python_platform
     with tempfile.TemporaryDirectory(prefix="composer-lock-") as tmp:
         extras_in = Path(tmp, "extras.in")
         extras_in.write_text("\n".join(requirements) + "\n", encoding="utf-8")
@@ -91,8 +97,9 @@ def lock_extras(settings: Settings, requirements: List[str], upstream: dict, run
         ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=uv_env(settings), timeout=600)
-        except subprocess.TimeoutExpired:
-            raise LockConflictError("locking the extras with uv took over 10 minutes", "check the package index and the extras")
+        except subprocess.TimeoutExpired as exc:
+            raise LockConflictError("locking the extras with uv took over 10 minutes",
+                                    "check the package index and the extras") from exc
     if proc.returncode != 0:
         raise _explain_failure(proc.stderr, requirements, pins, run_id)
     packages = parse_lock(proc.stdout)
@@ -121,9 +128,65 @@ def _explain_failure(stderr: str, requirements: List[str], pins: Dict[str, str],
         quoted = [f"{n}=={v}" for n, v in sorted(pins.items()) if f"{n}=={v}" in cause.lower()]
         clashing = quoted or [f"{n}=={v}" for n, v in sorted(pins.items()) if n in words]
         if extra and clashing:
-            return LockConflictError(
+            error = LockConflictError(
                 f"extra requirement {extra!r} conflicts with upstream pin {clashing[0]} of run {run_id} ({cause})",
                 "relax the extra requirement; upstream versions never move",
             )
+            error.clashing_pin = clashing[0]  # type: ignore[attr-defined]  (the conda kind renames a clash with its own packages)
+            return error
         return LockConflictError(f"the extras cannot be locked on top of run {run_id} ({cause})", "relax the extra requirements")
     return UsageError(f"uv could not lock the extras ({cause or 'no message'})", "check the extras file and the package index")
+
+
+def secretless(url: Optional[str]) -> Optional[str]:
+    """What a cache key may keep of an index URL that can carry a token: its hash."""
+    return sha256_digest(url.encode()) if url else None
+
+
+def lock_hash(lock: Lock) -> str:
+    return sha256_digest(canonical_json(asdict(lock)))
+
+
+def lock_from_cache(entry: dict, pins: Dict[str, str]) -> Optional[Lock]:
+    """A cached pip lock, if it agrees with itself and moves no upstream pin."""
+    try:
+        lock = Lock(**entry["lock"])
+    except (TypeError, KeyError):
+        return None
+    if entry.get("lock_hash") != lock_hash(lock) or any(pins.get(p["name"], p["version"]) != p["version"] for p in lock.packages):
+        return None
+    return lock
+
+
+class PipKind(EnvironmentKind):
+    name = "pip"
+
+    def read_extras(self, path: Path) -> List[str]:
+        return read_requirements(path)
+
+    def lock_inputs(self, settings: Settings, upstream: RunRecord, requirements: List[str]) -> dict:
+        # Not the image or run: a new run with the same pins (a retrained model) locks the same.
+        return {
+            "inputs": "composer.lock-inputs/v1",
+            "pins": sorted(d.pin for d in upstream.distributions),
+            "python": upstream.python.version, "platform": upstream.platform.python_platform,
+            "requirements": sorted(requirements),
+            "index_url": secretless(settings.index_url), "extra_index_url": secretless(settings.extra_index_url),
+        }
+
+    def lock(self, settings: Settings, upstream: RunRecord, requirements: List[str], path: Path,
+             run_id: str) -> Tuple[Lock, None]:
+        return lock_extras(settings, requirements, upstream.pins, upstream.python.version,
+                           upstream.platform.python_platform, run_id), None
+
+    def cached(self, entry: dict, upstream: RunRecord) -> Optional[Tuple[Lock, None]]:
+        lock = lock_from_cache(entry, upstream.pins)
+        return (lock, None) if lock is not None else None
+
+    def to_cache(self, lock: Lock, extra: Optional[object]) -> dict:
+        return {"lock": asdict(lock), "lock_hash": lock_hash(lock)}
+
+    def render(self, settings: Settings, base: ImageRef, upstream: RunRecord, comp: Composition) -> str:
+        dockerfile, _ = render_pip(base_ref=base.pinned(), base_name=upstream.image.human_name, base_digest=base.digest or "",
+                                   python=upstream.python.to_json(), spec_hash=comp.spec_hash, syntax=settings.dockerfile_syntax)
+        return dockerfile

@@ -1,0 +1,35 @@
+"""Kinds of environment: pip (composer/kinds/pip.py) and conda (composer/kinds/conda.py),
+two implementations of one interface (composer/kinds/base.py) feeding one pipeline.
+
+`choose` picks the kind: a file in a kind's own format (environment.yml) or an upstream
+that must be extended the same way (a conda prefix) decides; pip otherwise. To add a
+kind: implement EnvironmentKind, add a template to dockerfiles/, and list it in KINDS
+(before pip, which takes whatever no other kind claims).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+from composer.kinds.base import Composition, EnvironmentKind
+from composer.kinds.conda import CondaKind
+from composer.kinds.pip import PipKind
+from composer.model.records import RunRecord
+
+KINDS: Tuple[EnvironmentKind, ...] = (CondaKind(), PipKind())
+
+__all__ = ["Composition", "EnvironmentKind", "KINDS", "choose", "read_extras"]
+
+
+def _for_file(path: Path) -> EnvironmentKind:
+    return next((k for k in KINDS if k.claims_file(path)), KINDS[-1])
+
+
+def read_extras(path: Path) -> List[str]:
+    """The extras as normalised requirement strings, read by the kind whose format the file is."""
+    return _for_file(path).read_extras(path)
+
+
+def choose(path: Path, upstream: RunRecord) -> EnvironmentKind:
+    return next((k for k in KINDS if k.claims_file(path) or k.claims_upstream(upstream)), KINDS[-1])

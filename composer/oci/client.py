@@ -1,0 +1,407 @@
+"""A small, strict client for the OCI distribution API, on top of composer.oci.transport.
+
+Strict means: every manifest and blob read is checked against its digest,
+a 404 is the only answer taken as "absent", and anything else that is not a
+success (5xx, resets, timeouts, auth failures) ends in a RegistryError after
+bounded retries. Nothing here ever guesses that something exists.
+
+The HTTP work (TLS, credentials, the 401 challenge, retries, error mapping) is the
+transport's; this module knows the distribution API. The records it writes are plain OCI
+artifacts that oras clients pull (tests/integration/test_compose.py checks that).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import requests
+
+from composer.errors import NotFoundError, RegistryError, VerificationError
+from composer.model.canonical import canonical_json, sha256_digest
+from composer.model.refs import DIGEST_RE, referrers_tag
+from composer.oci.transport import DEFAULT_ATTEMPTS, Transient, Transport, error_code, error_detail
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
+
+# A manifest PUT can be refused with these for a moment while a concurrent upload of a blob it
+# names commits (distribution's filesystem storage): retried like a 5xx.
+BLOB_COMMIT_CODES = ("DIGEST_INVALID", "MANIFEST_BLOB_UNKNOWN", "BLOB_UNKNOWN")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: Optional[str] = None
+    annotations: Optional[Dict[str, str]] = None
+
+    def to_dict(self) -> dict:
+        d = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            d["artifactType"] = self.artifact_type
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Descriptor":
+        try:
+            return cls(d["mediaType"], d["digest"], int(d["size"]), d.get("artifactType"), d.get("annotations"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise VerificationError(f"malformed OCI descriptor {d!r} ({exc})", "the registry content is corrupt") from exc
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.index("]")]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _StreamBody:
+    """A request body read from a file (or bytes) in chunks; every iteration starts over, so a
+    retried request sends the whole blob again. Has a length, so requests sends Content-Length
+    rather than chunked encoding."""
+
+    def __init__(self, path=None, data: Optional[bytes] = None, size: int = 0, chunk: int = 1 << 20):
+        self.path, self.data, self.size, self.chunk = path, data, size, chunk
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        if self.data is not None:
+            for i in range(0, len(self.data), self.chunk):
+                yield self.data[i : i + self.chunk]
+            return
+        with open(self.path, "rb") as f:
+            while True:
+                block = f.read(self.chunk)
+                if not block:
+                    return
+                yield block
+
+
+def _via_transport(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self.transport, name),
+                    lambda self, value: setattr(self.transport, name, value), doc=doc)
+
+
+class Registry:
+    """One registry host. Repositories are passed per call. Not thread-safe: give another
+    thread its own client with `clone()`."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        insecure_hosts: Iterable[str] = (),
+        ca_bundle: Optional[str] = None,
+        attempts: Optional[int] = None,
+        timeout: Tuple[float, float] = (5.0, 120.0),
+    ):
+        plain_http = is_loopback(host) or host in set(insecure_hosts)
+        # TLS is always verified for https; the CA bundle widens trust, never disables it.
+        self._start(Transport(host, f"{'http' if plain_http else 'https'}://{host}", verify=ca_bundle or True,
+                              attempts=DEFAULT_ATTEMPTS if attempts is None else attempts, timeout=timeout))
+
+    def _start(self, transport: Transport) -> None:
+        self.transport = transport
+        self.transfers: List[dict] = []  # see note_transfer
+
+    def clone(self) -> "Registry":
+        """Another client for the same host, settings and credentials, with a session of its own
+        (for another thread: requests sessions are not shared across threads)."""
+        twin = type(self).__new__(type(self))
+        twin._start(self.transport.clone())
+        return twin
+
+    @property
+    def host(self) -> str:
+        return self.transport.host
+
+    base = _via_transport("base", "scheme://host")
+    verify = _via_transport("verify", "True, or the path of the CA bundle TLS is verified with")
+    attempts = _via_transport("attempts", "tries per registry operation before a RegistryError")
+    timeout = _via_transport("timeout", "(connect, read) seconds")
+
+    @property
+    def session(self) -> requests.Session:
+        return self.transport.session
+
+    def _request(self, method: str, path: str, *, scope: str, headers=None, data=None,
+                 allow: Tuple[int, ...] = (200,)) -> requests.Response:
+        return self.transport.request(method, path, scope=scope, headers=headers, data=data, allow=allow)
+
+    def note_transfer(self, action: str, repo: str, digest: str, size: int) -> None:
+        """Instrumentation: what happened to each blob (present, mounted, uploaded, copied)."""
+        self.transfers.append({"action": action, "repo": repo, "digest": digest, "size": size})
+
+    # -- manifests ---------------------------------------------------------------------
+    def head_manifest(self, repo: str, ref: str) -> Optional[Descriptor]:
+        """The descriptor a tag or digest points to, or None when the registry says 404."""
+        resp = self._request(
+            "HEAD", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)}, allow=(200, 404),
+        )
+        if resp.status_code == 404:
+            return None
+        digest = resp.headers.get("Docker-Content-Digest", "")
+        size = resp.headers.get("Content-Length")
+        if not DIGEST_RE.match(digest) or size is None or not size.isdigit():
+            # No trustworthy header: fall back to reading and hashing the manifest.
+            got = self.get_manifest(repo, ref)
+            return got[1] if got else None
+        if DIGEST_RE.match(ref) and digest != ref:
+            raise VerificationError(f"registry {self.host} answered {digest} for {repo}@{ref}", "the registry is inconsistent")
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        return Descriptor(media_type, digest, int(size))
+
+    def get_manifest(self, repo: str, ref: str) -> Optional[Tuple[bytes, Descriptor]]:
+        resp = self._request(
+            "GET", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
+            headers={"Accept": ", ".join(MANIFEST_TYPES)}, allow=(200, 404),
+        )
+        if resp.status_code == 404:
+            return None
+        body = resp.content
+        digest = sha256_digest(body)
+        claimed = resp.headers.get("Docker-Content-Digest")
+        if (DIGEST_RE.match(ref) and digest != ref) or (claimed and claimed != digest):
+            raise VerificationError(
+                f"manifest {repo}:{ref} from {self.host} does not match its digest (got {digest})",
+                "the registry returned other bytes than it stored; do not use it",
+            )
+        media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise VerificationError(f"manifest {repo}:{ref} from {self.host} is not JSON", "the registry content is corrupt") from exc
+        if isinstance(parsed, dict) and parsed.get("mediaType"):
+            media_type = parsed["mediaType"]
+        return body, Descriptor(media_type, digest, len(body))
+
+    def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> Tuple[Descriptor, bool]:
+        """Store a manifest under a tag or its digest. Returns its descriptor and whether the
+        registry processed its subject (OCI-Subject header: the referrers API exists)."""
+        digest = sha256_digest(body)
+        scope = f"repository:{repo}:pull,push"
+        path = f"/v2/{repo}/manifests/{ref}"
+
+        def attempt() -> requests.Response:
+            resp = self.transport.send("PUT", path, scope=scope, headers={"Content-Type": media_type}, data=body)
+            if resp.status_code == 400:
+                refused = RegistryError(f"registry {self.host} refused manifest {repo}:{ref}{error_detail(resp)}",
+                                        "check that every blob it names was pushed")
+                code = error_code(resp)
+                if code in BLOB_COMMIT_CODES:
+                    raise Transient(f"{code} for PUT {path}", refused)
+                raise refused
+            return self.transport.check(resp, scope=scope, allow=(201,), what=f"PUT {path}")
+
+        resp = self.transport.retrying(attempt)
+        claimed = resp.headers.get("Docker-Content-Digest")
+        if claimed and claimed != digest:
+            raise VerificationError(f"registry {self.host} stored {repo}:{ref} as {claimed}, expected {digest}", "the registry is inconsistent")
+        return Descriptor(media_type, digest, len(body)), bool(resp.headers.get("OCI-Subject"))
+
+    def tag(self, repo: str, digest: str, *tags: str) -> None:
+        """Point tags, in order, at an existing manifest, copying its exact bytes (digest unchanged)."""
+        got = None
+        for tag in tags:
+            current = self.head_manifest(repo, tag)
+            if current is not None and current.digest == digest:
+                continue
+            if got is None:
+                got = self.get_manifest(repo, digest)
+                if got is None:
+                    raise NotFoundError(f"{repo}@{digest} is not in registry {self.host}", "push it before tagging")
+            self.put_manifest(repo, tag, got[0], got[1].media_type)
+
+    def tags(self, repo: str) -> List[str]:
+        resp = self._request("GET", f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull", allow=(200, 404))
+        if resp.status_code == 404:
+            return []
+        return sorted(_json(resp, f"the tag list of {repo} from {self.host}").get("tags") or [])
+
+    def delete_manifest(self, repo: str, digest: str) -> None:
+        """Delete a manifest by digest (its tags go with it); already gone is fine."""
+        resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", scope=f"repository:{repo}:delete",
+                             allow=(202, 404, 405))
+        if resp.status_code == 405:
+            raise RegistryError(f"registry {self.host} does not allow deletes",
+                                "enable them (distribution: storage.delete.enabled: true)")
+
+    # -- referrers ---------------------------------------------------------------------
+    def referrers(self, repo: str, digest: str, artifact_type: Optional[str] = None) -> List[Descriptor]:
+        """Manifests whose subject is digest: the referrers API, else the referrers tag schema."""
+        resp = self._request(
+            "GET", f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull",
+            headers={"Accept": OCI_INDEX}, allow=(200, 404),
+        )
+        if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
+            index = _json(resp, f"the referrers of {repo}@{digest} from {self.host}")
+        else:
+            got = self.get_manifest(repo, referrers_tag(digest))
+            index = json.loads(got[0]) if got else {"manifests": []}
+        found = [Descriptor.from_dict(m) for m in index.get("manifests", [])]
+        return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
+    def add_referrer_to_tag(self, repo: str, subject_digest: str, referrer: Descriptor) -> None:
+        """Keep the referrers tag schema up to date for registries without the referrers API."""
+        tag = referrers_tag(subject_digest)
+        for _ in range(5):
+            got = self.get_manifest(repo, tag)
+            index = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+            if any(m.get("digest") == referrer.digest for m in index.get("manifests", [])):
+                return
+            index["manifests"].append(referrer.to_dict())
+            self.put_manifest(repo, tag, canonical_json(index), OCI_INDEX)
+            # A concurrent writer may have replaced the index between our read and write.
+            check = self.get_manifest(repo, tag)
+            if check and any(m.get("digest") == referrer.digest for m in json.loads(check[0]).get("manifests", [])):
+                return
+        raise RegistryError(f"could not update referrers tag {tag} in {self.host}/{repo}", "retry the command")
+
+    # -- blobs -------------------------------------------------------------------------
+    def get_blob(self, repo: str, digest: str) -> bytes:
+        resp = self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", allow=(200, 404))
+        if resp.status_code == 404:
+            raise NotFoundError(f"blob {digest} is missing from {self.host}/{repo}", "the registry lost content; republish it")
+        if sha256_digest(resp.content) != digest:
+            raise VerificationError(f"blob {digest} from {self.host}/{repo} does not match its digest", "the registry returned other bytes than it stored")
+        return resp.content
+
+    def push_blob(self, repo: str, data: bytes, media_type: str) -> Descriptor:
+        """Push bytes as a blob unless repo has it (see upload_blob)."""
+        return self.upload_blob(repo, sha256_digest(data), len(data), data=data, media_type=media_type)
+
+    def blob_size(self, repo: str, digest: str) -> Optional[int]:
+        """The size of a blob repo holds (HEAD, nothing downloaded), or None on a 404."""
+        resp = self._request("HEAD", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", allow=(200, 404))
+        if resp.status_code == 404:
+            return None
+        claimed = resp.headers.get("Docker-Content-Digest")
+        if claimed and claimed != digest:
+            raise VerificationError(f"registry {self.host} answered {claimed} for blob {repo}@{digest}", "the registry is inconsistent")
+        try:
+            return int(resp.headers["Content-Length"])
+        except (KeyError, ValueError) as exc:
+            raise RegistryError(f"registry {self.host} gave no size for blob {repo}@{digest}", "the registry is misbehaving") from exc
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Cross-repository mount of a blob (same registry host); True when the registry mounted
+        it (201), False when it declined (202: it opened an upload session, which is closed)."""
+        scope = f"repository:{repo}:pull,push"
+        resp = self._request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}", scope=scope,
+                             allow=(201, 202))
+        if resp.status_code == 201:
+            claimed = resp.headers.get("Docker-Content-Digest")
+            if claimed and claimed != digest:
+                raise VerificationError(f"registry {self.host} mounted {claimed} when asked for {digest}", "the registry is inconsistent")
+            self.note_transfer("mounted", repo, digest, 0)
+            return True
+        location = resp.headers.get("Location", "")
+        if location:
+            try:  # best effort: an abandoned session expires on its own
+                self._request("DELETE", location, scope=scope, allow=(204, 404))
+            except RegistryError:
+                pass
+        return False
+
+    def upload_blob(self, repo: str, digest: str, size: int, *, path=None, data: Optional[bytes] = None,
+                    media_type: str = "application/octet-stream") -> Descriptor:
+        """Push a blob from a file (streamed, never read into memory) or bytes, unless repo has it.
+        Monolithic POST + PUT, retried as a whole: an upload session does not survive a failed PUT.
+        The registry checks the digest on PUT, and the stored size is checked afterwards."""
+        desc = Descriptor(media_type, digest, size)
+        have = self.blob_size(repo, digest)
+        if have is not None:
+            if have != size:
+                raise VerificationError(f"registry {self.host} holds {repo}@{digest} with {have} bytes, expected {size}", "the registry is inconsistent")
+            self.note_transfer("present", repo, digest, size)
+            return desc
+        scope = f"repository:{repo}:pull,push"
+        uploads = f"/v2/{repo}/blobs/uploads/"
+        body = _StreamBody(path=path, data=data, size=size)
+        t = self.transport
+
+        def attempt() -> None:
+            start = t.check(t.send("POST", uploads, scope=scope), scope=scope, allow=(202,), what=f"POST {uploads}")
+            location = start.headers.get("Location", "")
+            if not location:
+                raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
+            location = t.url(location)
+            put = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+            try:
+                resp = t.check(t.send("PUT", put, scope=scope, headers={"Content-Type": "application/octet-stream"}, data=body),
+                               scope=scope, allow=(201,), what=f"the upload of {digest[:19]} to {repo}")
+            except Transient:
+                if self.blob_size(repo, digest) == size:  # the PUT landed though its answer was lost
+                    return
+                raise
+            claimed = resp.headers.get("Docker-Content-Digest")
+            if claimed and claimed != digest:
+                raise VerificationError(f"registry {self.host} stored {claimed} for an upload of {digest}", "the registry is inconsistent")
+
+        t.retrying(attempt, "upload")
+        stored = self.blob_size(repo, digest)
+        if stored != size:
+            raise VerificationError(f"after the upload registry {self.host} holds {repo}@{digest} with size {stored}, expected {size}",
+                                    "the registry is inconsistent")
+        self.note_transfer("uploaded", repo, digest, size)
+        return desc
+
+    def download_blob(self, repo: str, digest: str, path) -> int:
+        """Stream a blob into a file, checking its digest; returns its size."""
+        got = self.transport.download(f"/v2/{repo}/blobs/{digest}", path, scope=f"repository:{repo}:pull")
+        if got is None:
+            raise NotFoundError(f"blob {digest} is missing from {self.host}/{repo}", "the registry lost content; republish it")
+        written, size = got
+        if written != digest:
+            raise VerificationError(f"blob {digest} from {self.host}/{repo} does not match its digest",
+                                    "the registry returned other bytes than it stored")
+        return size
+
+    def copy_blob(self, source: "Registry", source_repo: str, digest: str, size: int, repo: str,
+                  media_type: str = "application/octet-stream") -> Descriptor:
+        """Copy a blob from another registry (or a repository a mount cannot reach): streamed
+        through a temporary file, checked on the way in and on the way out."""
+        have = self.blob_size(repo, digest)
+        if have == size:
+            self.note_transfer("present", repo, digest, size)
+            return Descriptor(media_type, digest, size)
+        with tempfile.TemporaryDirectory(prefix="composer-blob-") as tmp:
+            path = f"{tmp}/blob"
+            got = source.download_blob(source_repo, digest, path)
+            if got != size:
+                raise VerificationError(f"blob {digest} from {source.host}/{source_repo} has {got} bytes, its descriptor says {size}",
+                                        "the upstream manifest and its blobs disagree")
+            desc = self.upload_blob(repo, digest, size, path=path, media_type=media_type)
+        if self.transfers[-1]["action"] == "uploaded":
+            self.transfers[-1]["action"] = "copied"
+        return desc
+
+
+def _json(resp: requests.Response, what: str) -> dict:
+    try:
+        doc = resp.json()
+    except ValueError as exc:
+        raise VerificationError(f"{what} is not JSON", "the registry is misbehaving") from exc
+    if not isinstance(doc, dict):
+        raise VerificationError(f"{what} is not a JSON object", "the registry is misbehaving")
+    return doc

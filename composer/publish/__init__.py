@@ -1,0 +1,208 @@
+"""Publishing a composition: what every kind of environment shares once its spec is known.
+
+The name check, the cache, one builder per spec (composer/publish/lease.py), the build
+record, the spec tag, a record per name with that name's own provenance, the run records
+(so a composed environment can be an upstream), then the name's history
+(composer/publish/history.py) and the name tag, last:
+
+    lease-<spec>  ->  NAME-<12 hex> (the builder's push)  ->  record (subject: the image)
+    ->  spec-<spec>  ->  run records  ->  hist-NAME  ->  NAME
+
+so a crash never leaves a name or a cache entry pointing at an image without a record, and a
+rerun completes the work (COMPOSER_TEST_CRASH_AT kills the process after each step in tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Tuple
+
+from composer.errors import NotFoundError, UsageError, VerificationError
+from composer.kinds.base import Composition
+from composer.model.canonical import digest_hex
+from composer.model.records import BuildRecord, Image, RunRecord, utc_now
+from composer.model.refs import SPEC_TAG_CHARS, parse_image_ref
+from composer.oci import connect
+from composer.oci.client import Descriptor, Registry
+from composer.publish.history import append_version
+from composer.publish.lease import build_once
+from composer.settings import Settings
+from composer.store import (
+    build_records_of, load_run_record, runs_repository, write_build_record, write_run_record,
+)
+from composer.upstream.runs import composed_run_record
+
+
+@dataclass
+class BuildResult:
+    name: str
+    ref: str  # REPO@sha256:...
+    repository: str
+    digest: str
+    tag: str
+    cached: bool
+    record: str  # digest of the build record (the digest manifest)
+    spec_hash: str
+    builder: Optional[str]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How a name came to point at a composition: never part of what the composition is."""
+
+    upstream_run: str
+    upstream_record: str  # digest of the run record the build used
+    base: Image  # the upstream image: its repository and the tag it was recorded with
+    inputs: Dict[str, Optional[str]] = field(default_factory=dict)  # extra: the extras file as given
+
+    def of(self, record: BuildRecord) -> bool:
+        return (record.upstream_run, record.upstream_record, record.base, record.inputs) == (
+            self.upstream_run, self.upstream_record, self.base, dict(self.inputs))
+
+
+def spec_tag(spec: str) -> str:
+    return f"spec-{digest_hex(spec)}"
+
+
+def unique_tag(name: str, spec: str) -> str:
+    return f"{name}-{digest_hex(spec)[:SPEC_TAG_CHARS]}"
+
+
+def checkpoint(stage: str) -> None:
+    """Fault-injection point for the crash tests (COMPOSER_TEST_CRASH_AT=stage): the process dies
+    there as a killed build would, with no cleanup."""
+    if os.environ.get("COMPOSER_TEST_CRASH_AT") == stage:
+        os._exit(86)
+
+
+Found = Tuple[Descriptor, List[Tuple[BuildRecord, Descriptor]]]
+
+
+def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: str, update: bool, run_id: Optional[str],
+            provenance: Provenance, upstream: RunRecord, comp: Composition,
+            build_it: Callable[[], Tuple[BuildRecord, Image]]) -> BuildResult:
+    """Find or build the composition, then publish it under name (see the module's docstring).
+    build_it builds and pushes the image and returns its (not yet published) record."""
+    check_name_free(reg, repo, name, spec, update)
+    keys = [name] + ([run_id] if run_id else [])
+    check_run_ids_free(settings, keys)
+
+    def build_and_store() -> Found:
+        record, _ = build_it()
+        image = verify_image(settings, reg, repo, record.image.digest, parse_image_ref(record.base.pinned))
+        checkpoint("after-image-push")
+        desc = write_build_record(reg, repo, record, image)
+        checkpoint("after-record")
+        reg.tag(repo, image.digest, spec_tag(spec))
+        checkpoint("after-spec-tag")
+        store_as_upstream(settings, record, upstream, comp, keys)
+        return image, [(record, desc)]
+
+    found = cached_image(reg, repo, spec)
+    built = False
+    if found is None:
+        found, built = build_once(reg, repo, spec, lambda: cached_image(reg, repo, spec), build_and_store, settings)
+    image, records = found
+    own = [r for r in records if r[0].name == name]
+    newest = max(own, key=lambda r: r[0].created) if own else None
+    if newest is None or not provenance.of(newest[0]):
+        # The same content, recorded so far under another name or from another upstream:
+        # this name gets a record of its own, with its own provenance.
+        record = with_provenance(records[0][0], name, spec, provenance)
+        newest = (record, write_build_record(reg, repo, record, image))
+        store_as_upstream(settings, record, upstream, comp, keys)
+    elif run_id and not built:  # a reused composition still becomes this run's environment
+        ensure_run_record(settings, newest[0], upstream, comp, run_id)
+    record, record_desc = newest
+    # The name's history, then the name tag, last.
+    append_version(reg, repo, name, image, record_desc.digest, spec, "built" if built else "reused")
+    reg.tag(repo, image.digest, unique_tag(name, spec), name)
+    full = f"{settings.registry_host}/{repo}"
+    return BuildResult(name, f"{full}@{image.digest}", full, image.digest, unique_tag(name, spec), not built,
+                       record_desc.digest, spec, record.builder if built else None)
+
+
+def with_provenance(content: BuildRecord, name: str, spec: str, provenance: Provenance) -> BuildRecord:
+    """A record for an existing image under name: the same content, this build's provenance."""
+    return replace(content, name=name, image=replace(content.image, tag=unique_tag(name, spec)), base=provenance.base,
+                   upstream_run=provenance.upstream_run, upstream_record=provenance.upstream_record,
+                   inputs=dict(provenance.inputs), created=utc_now())
+
+
+def cached_image(reg: Registry, repo: str, spec: str) -> Optional[Found]:
+    """The image already built for this spec, with its verified records, or None.
+
+    Only a 404 means "not built"; any other registry answer raises. An image without a
+    matching record (a publish that crashed) is not a hit.
+    """
+    desc = reg.head_manifest(repo, spec_tag(spec))
+    if desc is None:
+        return None
+    records = [r for r in build_records_of(reg, repo, desc.digest) if r[0].spec_hash == spec]
+    return (desc, records) if records else None
+
+
+def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool) -> None:
+    """A name points at one composition; moving it to another needs --update."""
+    current = reg.head_manifest(repo, name)
+    if current is None or update:
+        return
+    specs = {r.spec_hash for r, _ in build_records_of(reg, repo, current.digest) if r.name == name}
+    if spec not in specs:
+        raise UsageError(
+            f"name {name!r} already points to a different composition ({current.digest[:19]})",
+            "choose another name, or pass --update to publish a new version under it",
+        )
+
+
+def check_run_ids_free(settings: Settings, keys: List[str]) -> None:
+    """A composed environment's run record never replaces a run the user recorded: names and
+    run ids share the runs repository, so such a clash is refused before anything is built."""
+    reg = connect(settings)
+    for key in keys:
+        got = load_run_record(reg, runs_repository(settings), key)
+        if got is not None and got[0].distributions_source != "composed":
+            raise UsageError(
+                f"{key!r} is already a recorded run (image {got[0].image.digest[:19]}); a composed environment "
+                f"named or run-id'd {key!r} would replace that record",
+                "pick another --name / --run-id; recorded runs are only changed with composer record --update",
+            )
+
+
+def store_as_upstream(settings: Settings, record: BuildRecord, upstream: RunRecord, comp: Composition, keys: List[str]) -> None:
+    """Write a run record for the composed environment under each key, so it can be another build's upstream."""
+    added, conda = comp.kind.composed_environment(comp, upstream)
+    reg = connect(settings)
+    for key in keys:
+        write_run_record(reg, runs_repository(settings),
+                         composed_run_record(key, record.image, upstream, record.name, record.spec_hash, record.created,
+                                             added, conda))
+
+
+def ensure_run_record(settings: Settings, record: BuildRecord, upstream: RunRecord, comp: Composition, run_id: str) -> None:
+    got = load_run_record(connect(settings), runs_repository(settings), run_id)
+    if got is not None and got[0].image.digest == record.image.digest:
+        return
+    store_as_upstream(settings, record, upstream, comp, [run_id])
+
+
+def verify_image(settings: Settings, reg: Registry, repo: str, digest: str, base) -> Descriptor:
+    """The pushed image is in the registry under digest and starts with the base's layers."""
+    got = reg.get_manifest(repo, digest)
+    if got is None:
+        raise VerificationError(f"the builder reported {digest} but the registry does not have it", "rerun the build")
+    body, desc = got
+    base_reg = reg if base.registry == reg.host else connect(settings, base.registry)
+    base_got = base_reg.get_manifest(base.repository, base.digest)
+    if base_got is None:
+        raise NotFoundError(f"the upstream image {base.pinned()} is gone from its registry", "re-record the upstream run")
+    base_layers = [l.get("digest") for l in json.loads(base_got[0]).get("layers", [])]
+    layers = [l.get("digest") for l in json.loads(body).get("layers", [])]
+    if layers[: len(base_layers)] != base_layers:
+        raise VerificationError(f"the composed image {digest} does not start with the upstream's layers", "report this; do not use the image")
+    return desc
