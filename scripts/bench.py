@@ -395,8 +395,8 @@ class Bench:
         self.extras[size] = path
         settings = load_settings({"registry": round_.prefix_dl})
         record, _ = load_run(settings, RUN_ID)
-        self.upstream_record = record
-        lock = lock_extras(settings, SIZES[size], record, RUN_ID)
+        self.upstream_record = record.to_json()
+        lock = lock_extras(settings, SIZES[size], record.pins, record.python.version, record.platform.python_platform, RUN_ID)
         self.lockfiles[size] = self.tmp / f"lock-{size}.txt"
         self.lockfiles[size].write_text(lock.added_lock_text())
         self.locked = [f"{p['name']}=={p['version']}" for p in lock.added]

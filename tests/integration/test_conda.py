@@ -87,6 +87,8 @@ def test_record_reads_the_conda_prefix(env, conda_run, channel):
     from composer.upstream.runs import load_run
 
     record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), conda_run)
+
+    record = record.to_json()
     assert record["python"]["executable"] == f"{PREFIX}/bin/python" and record["python"]["kind"] == "conda"
     assert record["python"]["site_packages"] == f"{PREFIX}/lib/python3.11/site-packages"
     section = record["conda"]
@@ -284,6 +286,8 @@ def test_image_micromamba_and_python_discovery(env, conda_upstream, tmp_path):
         from composer.upstream.runs import load_run
 
         record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), f"Probe/{name}")
+
+        record = record.to_json()
         assert (record["python"]["executable"], record["python"]["kind"]) == (executable, kind), name
         assert record["conda"]["prefix"] == PREFIX and record["conda"]["micromamba"] == micromamba, name
     extras = tmp_path / "extras.yml"
@@ -308,5 +312,7 @@ def test_explicit_list_given_at_record(env, conda_upstream, channel, tmp_path):
     from composer.upstream.runs import load_run
 
     record, _ = load_run(load_settings({"registry": env["COMPOSER_REGISTRY"]}), "Explicit/1")
+
+    record = record.to_json()
     assert record["conda"]["packages_source"] == "explicit" and record["distributions_source"] == "image"
     assert sorted(p["name"] for p in record["conda"]["packages"]) == ["libtiny", "python", "tinycore", "tinyutil"]

@@ -79,8 +79,9 @@ print(json.dumps({{"ok": run.successful, "links": links, "env_name": d.env_name,
 
         # The explainer run is an upstream too: composer's own record for it, written by the build.
         proc = subprocess.run([sys.executable, "-c", (
-            "import sys; from composer.config import load_settings; from composer.resolver import load_run\n"
-            "print(load_run(load_settings({}), sys.argv[1])[0]['image']['digest'])"), explainer],
+            "import sys; import composer.metaflow_link; from composer.settings import load_settings\n"
+            "from composer.upstream.runs import load_run\n"
+            "print(load_run(load_settings({}), sys.argv[1])[0].image.digest)"), explainer],
             capture_output=True, text=True, env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert got["env_ref"].endswith("@" + proc.stdout.strip())
