@@ -151,15 +151,15 @@ def load_metaflow_run(settings: Settings, run_text: str) -> Optional[Tuple[RunRe
                 raise NotFoundError(f"Metaflow run {run_path} has no step {step!r} (its steps: {', '.join(sorted(steps))})",
                                     "pick one of its steps with --upstream-step")
             found = {name: _step_environments(s) for name, s in steps.items() if step is None or name == step}
-    except MetaflowNotFound:
+    except MetaflowNotFound as exc:
         raise NotFoundError(
             f"no environment is recorded for run {run_text!r}: composer has no record of it and "
             f"Metaflow ({_metadata_str()}) does not know it",
             f"check the pathspec and METAFLOW_DEFAULT_METADATA / your Metaflow profile, or {how}",
-        )
+        ) from exc
     except MetaflowException as exc:
         raise EnvironmentProblem(f"could not read Metaflow run {run_path} ({_metadata_str()}): {exc}",
-                                 "check the Metaflow metadata provider (METAFLOW_DEFAULT_METADATA, profile)")
+                                 "check the Metaflow metadata provider (METAFLOW_DEFAULT_METADATA, profile)") from exc
     found = {name: envs for name, envs in found.items() if envs}
     if not found:
         where = f"step {step!r} of Metaflow run {run_path}" if step else f"Metaflow run {run_path}"
@@ -256,7 +256,7 @@ def record_task_environment(settings: Settings, pulled: dict) -> Optional[str]:
             f"could not register the environment of task {flow}/{run_id}/{step}/{task_id} with Metaflow "
             f"({metadata_str}): {type(exc).__name__}: {exc}",
             f"check the Metaflow metadata provider, or set {LINK_SWITCH_ENV}=0 to skip the link",
-        )
+        ) from exc
     return f"{flow}/{run_id}/{step}/{task_id}"
 
 
@@ -280,8 +280,8 @@ def _running_task() -> Optional[Tuple[str, str, str, str, int, str]]:
         metadata_str = os.environ.get(METADATA_ENV) or _metadata_str()
         try:
             attempt = int(os.environ.get(ATTEMPT_ENV, "0"))
-        except ValueError:
-            raise UsageError(f"{ATTEMPT_ENV} must be an integer", "set it to the task's retry count")
+        except ValueError as exc:
+            raise UsageError(f"{ATTEMPT_ENV} must be an integer", "set it to the task's retry count") from exc
         return (*parts, attempt, metadata_str)  # type: ignore[return-value]
     if "metaflow" not in sys.modules:  # not in a task: nothing imported Metaflow
         return None
@@ -355,7 +355,7 @@ def template_fields(template: str) -> List[str]:
     try:
         return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise UsageError(f"name template {template!r} is malformed ({exc})", "use {key} placeholders")
+        raise UsageError(f"name template {template!r} is malformed ({exc})", "use {key} placeholders") from exc
 
 
 class LaunchRef(str):

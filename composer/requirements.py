@@ -58,7 +58,7 @@ def parse_requirement(text: str, where: str) -> Requirement:
         req = Requirement(text)
     except InvalidRequirement as exc:
         first = str(exc).splitlines()[0]
-        raise UsageError(f"{where}: {text[:80]!r} is not a valid requirement ({first})", "write it as name[extras] [version spec], e.g. pandas>=2.2")
+        raise UsageError(f"{where}: {text[:80]!r} is not a valid requirement ({first})", "write it as name[extras] [version spec], e.g. pandas>=2.2") from exc
     if req.url:
         raise UsageError(f"{where}: {req.name} is a direct URL requirement", "publish it to a package index and require it by version")
     req.name = canonical_name(req.name)
@@ -72,7 +72,7 @@ def read_requirements(path: Path) -> List[str]:
         try:
             data = tomli.loads(text)
         except tomli.TOMLDecodeError as exc:
-            raise UsageError(f"extras file {path} is not valid TOML ({exc})", "fix the file")
+            raise UsageError(f"extras file {path} is not valid TOML ({exc})", "fix the file") from exc
         deps = (data.get("project") or {}).get("dependencies")
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             raise UsageError(f"{path} has no [project] dependencies list", "add dependencies = [\"pkg>=1\"] under [project]")

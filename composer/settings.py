@@ -153,7 +153,7 @@ def _read_toml(path: Path) -> dict:
     try:
         data = tomli.loads(path.read_text(encoding="utf-8"))
     except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere")
+        raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere") from exc
     known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression"}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -77,7 +77,7 @@ def pull_image(ref: str, spec: str) -> bool:
         except docker.errors.ImageNotFound:
             image = client.images.pull(repo, tag=digest)
     except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"Docker could not pull {ref}: {exc.explanation or exc}", "check the engine's access to the registry")
+        raise EnvironmentProblem(f"Docker could not pull {ref}: {exc.explanation or exc}", "check the engine's access to the registry") from exc
     label = (image.labels or {}).get("dev.composer.spec-hash")
     if label != spec:
         raise VerificationError(f"image {ref} carries spec {label} but its record says {spec}", "rebuild the environment")

@@ -83,12 +83,12 @@ def read_environment_file(path: Path) -> EnvironmentFile:
     try:
         import yaml
     except ImportError as exc:
-        raise EnvironmentProblem(f"PyYAML is not importable ({exc}), needed to read {path}", "pip install 'composer[conda]'")
+        raise EnvironmentProblem(f"PyYAML is not importable ({exc}), needed to read {path}", "pip install 'composer[conda]'") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"extras file {path} is not valid YAML ({first})", "fix the file")
+        raise UsageError(f"extras file {path} is not valid YAML ({first})", "fix the file") from exc
     if not isinstance(data, dict):
         raise UsageError(f"extras file {path} is not an environment file (no mapping at the top)", "write channels: and dependencies: keys")
     unknown = sorted(set(data) - {"name", "channels", "dependencies", "prefix"})
@@ -132,7 +132,7 @@ def _match_spec(text: str, where: str) -> str:
         raise
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"{where}: {spec[:80]!r} is not a conda match spec ({first})", "write it as name [version [build]], e.g. numpy >=1.26")
+        raise UsageError(f"{where}: {spec[:80]!r} is not a conda match spec ({first})", "write it as name [version [build]], e.g. numpy >=1.26") from exc
     return spec
 
 
@@ -148,7 +148,7 @@ def _rattler():
         import rattler.exceptions  # noqa: F401  (not imported by the package itself)
     except ImportError as exc:
         raise EnvironmentProblem(f"py-rattler is not importable ({exc}); conda environments need it",
-                                 "pip install 'composer[conda]' (Python 3.10 or newer)")
+                                 "pip install 'composer[conda]' (Python 3.10 or newer)") from exc
     return rattler
 
 
@@ -171,14 +171,14 @@ def _worker_call(op: str, payload: dict, timeout: int = 3600, ca: Optional[str] 
     try:
         proc = subprocess.run([sys.executable, "-m", "composer.kinds.conda", "--worker"], input=json.dumps({"op": op, **payload}),
                               capture_output=True, text=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise EnvironmentProblem(f"py-rattler's {op} took over {timeout} s", "check the channels and the network")
+    except subprocess.TimeoutExpired as exc:
+        raise EnvironmentProblem(f"py-rattler's {op} took over {timeout} s", "check the channels and the network") from exc
     try:
         answer = json.loads(proc.stdout)
-    except ValueError:
+    except ValueError as exc:
         tail = " ".join(proc.stderr.split())[-300:]
         raise EnvironmentProblem(f"the py-rattler worker ({op}) failed with exit {proc.returncode} ({tail or 'no output'})",
-                                 "check that py-rattler works here: pip install 'composer[conda]'")
+                                 "check that py-rattler works here: pip install 'composer[conda]'") from exc
     if "error" in answer:
         kind, message = answer["error"]["kind"], answer["error"]["message"]
         if kind == "EnvironmentProblem":
@@ -317,10 +317,10 @@ def solve_extras(settings: Settings, env: EnvironmentFile, upstream: dict, run_i
         }, ca=settings.ca_bundle_path())
     except WorkerError as exc:
         if exc.kind == "SolverError":
-            raise explain_solve_failure(exc.message, list(env.conda), up["packages"], run_id, channels)
+            raise explain_solve_failure(exc.message, list(env.conda), up["packages"], run_id, channels) from exc
         cause = " ".join(exc.message.split())[:300]
         raise UsageError(f"the conda channels {', '.join(channels)} could not be read ({exc.kind}: {cause})",
-                         "check the channel names or URLs and the network")
+                         "check the channel names or URLs and the network") from exc
     upstream_by_name = {p["name"]: p for p in up["packages"]}
     added = []
     for rec in solved:
@@ -455,7 +455,7 @@ def fetch_archives(settings: Settings, packages: List[dict]) -> Dict[str, Path]:
             except (OSError, requests.RequestException) as exc:
                 tmp.unlink(missing_ok=True)
                 raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {exc})",
-                                 "check the channel and the network")
+                                 "check the channel and the network") from exc
             if not _verified(tmp, p):
                 tmp.unlink(missing_ok=True)
                 raise UsageError(f"conda package {p['fn']} from {p['channel']} does not match its locked hash",
@@ -508,7 +508,7 @@ def stage_with_rattler(lock: CondaLock, upstream: dict, archives: Dict[str, Path
                                      "ignored": sorted(up_names), "prefix": lock.prefix, "subdir": subdir_of(upstream)})
         except WorkerError as exc:
             raise BuildError(f"py-rattler could not link the conda packages for {lock.prefix} ({exc.kind}: "
-                             f"{' '.join(exc.message.split())[:200]})", "check the packages of the lock")
+                             f"{' '.join(exc.message.split())[:200]})", "check the packages of the lock") from exc
         members = []
         for p in lock.added:
             meta_rel = f"conda-meta/{p['name']}-{p['version']}-{p['build']}.json"

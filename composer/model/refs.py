@@ -123,7 +123,7 @@ def render_name(template: str, values: Mapping[str, str]) -> str:
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exc:
-        raise UsageError(f"name template {template!r} is malformed ({exc})", "use {key} placeholders, {{ for a brace")
+        raise UsageError(f"name template {template!r} is malformed ({exc})", "use {key} placeholders, {{ for a brace") from exc
     missing = [f for f in fields if f not in values]
     if missing:
         raise UsageError(

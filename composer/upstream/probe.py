@@ -118,7 +118,7 @@ def probe_image(image: ImageRef, config: dict) -> dict:
         import docker
         import docker.errors
     except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise EnvironmentProblem(f"the docker SDK is not importable ({exc})", "pip install docker")
+        raise EnvironmentProblem(f"the docker SDK is not importable ({exc})", "pip install docker") from exc
     try:
         client = docker.from_env()
         client.ping()
@@ -126,7 +126,7 @@ def probe_image(image: ImageRef, config: dict) -> dict:
         raise EnvironmentProblem(
             f"no Docker engine to look inside {image} ({type(exc).__name__})",
             "start Docker (make infra) or pass --requirements with the run's pinned packages",
-        )
+        ) from exc
     pinned = image.pinned()
     want = f"{config.get('os') or 'linux'}/{config.get('architecture') or '?'}"
     engine = client.info()
@@ -151,14 +151,14 @@ def probe_image(image: ImageRef, config: dict) -> dict:
         )
     except docker.errors.ContainerError as exc:
         if exc.exit_status in (97, 126, 127):
-            raise UsageError(f"image {pinned} has no python interpreter", "compose on an image that has python3 on its PATH")
-        raise UsageError(f"looking inside {pinned} failed (exit {exc.exit_status})", "check that the image runs /bin/sh and python")
+            raise UsageError(f"image {pinned} has no python interpreter", "compose on an image that has python3 on its PATH") from exc
+        raise UsageError(f"looking inside {pinned} failed (exit {exc.exit_status})", "check that the image runs /bin/sh and python") from exc
     except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"Docker could not run {pinned}: {exc.explanation or exc}", "check the Docker engine and registry access")
+        raise EnvironmentProblem(f"Docker could not run {pinned}: {exc.explanation or exc}", "check the Docker engine and registry access") from exc
     try:
         return json.loads(out.decode("utf-8").strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise UsageError(f"the python probe in {pinned} printed no report", "check the image's python")
+    except (ValueError, IndexError) as exc:
+        raise UsageError(f"the python probe in {pinned} printed no report", "check the image's python") from exc
 
 
 def python_platform(arch: str, probe: dict) -> str:

@@ -115,3 +115,17 @@ def test_core_never_imports_metaflow_itself():
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(m == "metaflow" or m.startswith("metaflow.") for m in mods), f"{name} imports metaflow"
+
+
+def test_exceptions_keep_their_cause():
+    """A raise inside an except block says where it came from (`from exc`, or `from None` on purpose)."""
+    missing = []
+    for name, path in MODULES.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for handler in ast.walk(tree):
+            if not isinstance(handler, ast.ExceptHandler):
+                continue
+            for node in ast.walk(handler):
+                if isinstance(node, ast.Raise) and node.exc is not None and node.cause is None:
+                    missing.append(f"{name}:{node.lineno}")
+    assert not missing, "raise without a cause inside except: " + ", ".join(missing)

@@ -1,13 +1,24 @@
-"""composer/builders.py: finding the failing BuildKit step, and the builder command lines."""
+"""composer/builders/: which builder build_image picks and why, the BuildKit builders' command
+lines and build(job) (with stand-in commands, no BuildKit), and finding the failing step."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Dict, Optional
 
 import pytest
 
-from composer.builders.buildkit import BuildctlBuilder, BuildRequest, BuildxBuilder, DockerBuilder, failing_step
+from composer.builders import build_image, buildkit, daemonless
+from composer.builders.base import BuildJob, CannotBuild
+from composer.builders.buildkit import BuildctlBuilder, BuildRequest, BuildxBuilder, DockerBuilder, failing_step, request_for
+from composer.errors import BuildError
+from composer.kinds.pip import Lock
+from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
+from composer.oci.client import Registry
+from composer.settings import Settings
 
 DIGEST = "sha256:" + "c" * 64
 RUN_TITLE = (
@@ -93,20 +104,171 @@ def test_failing_step_when_no_step_failed():
     assert log == lines[-60:]
 
 
-# -- command lines ------------------------------------------------------------------------------
+# -- jobs ---------------------------------------------------------------------------------------
+RUN_RECORD = {
+    "schema": "composer.run-record/v1", "run": "TrainFlow/12",
+    "image": {"repository": "127.0.0.1:5000/models/model-a", "digest": DIGEST, "tag": "v1"},
+    "python": {"executable": "/opt/venv/bin/python3", "version": "3.11.2", "implementation": "cpython", "prefix": "/opt/venv",
+               "kind": "venv", "site_packages": "/opt/venv/lib/python3.11/site-packages", "externally_managed": False},
+    "platform": {"os": "linux", "architecture": "amd64", "variant": None, "libc": "glibc", "libc_version": "2.36",
+                 "python_platform": "x86_64-manylinux_2_36"},
+    "distributions": [{"name": "attrs", "version": "23.1.0"}],
+    "distributions_source": "image", "created": "2026-01-01T00:00:00Z", "composer_version": "0.1.0",
+}
+SIX = {"name": "six", "version": "1.17.0", "hashes": ["sha256:" + "0" * 64]}
 SECRET_CONTENT = "-----BEGIN CERTIFICATE-----MIIsecretcontent"
 
 
+def make_job(settings: Optional[Settings] = None, *, kind: str = "pip", registry: str = "127.0.0.1:5000",
+             secrets: Optional[Dict[str, str]] = None, calls: Optional[list] = None, **python) -> BuildJob:
+    """A BuildJob as the pipeline makes one: prepare_context writes a Dockerfile into the
+    context it is given and returns the secret files (kept out of the context)."""
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["python"].update(python)
+
+    def prepare_context(context: Path) -> Dict[str, str]:
+        (context / "Dockerfile").write_text("FROM scratch\n")
+        if calls is not None:
+            calls.append(context)
+        return dict(secrets if secrets is not None else {"ca": "/x/ca.pem"})
+
+    return BuildJob(
+        settings=settings or Settings(registry=f"{registry}/ml"), registry=Registry(registry),
+        repository="ml/envs", tag="explainer-0123456789ab",
+        base=ImageRef("127.0.0.1:5000", "models/model-a", "v1", DIGEST), upstream=RunRecord.from_json(record),
+        kind=kind, lock=Lock(requirements=["six"], packages=[SIX], added=[SIX]), spec_hash="sha256:" + "5" * 64,
+        dockerfile="FROM scratch\n", prepare_context=prepare_context,
+    )
+
+
+# -- choosing the builder -------------------------------------------------------------------------
+class FakeBuildKit:
+    name = "buildx"
+
+    def __init__(self):
+        self.jobs = []
+
+    def build(self, job):
+        self.jobs.append(job)
+        return "sha256:" + "b" * 64
+
+
+@pytest.fixture
+def builders(monkeypatch):
+    """Stand-ins for both builders: the daemonless builder answers what `daemonless` says
+    (a digest, or a CannotBuild); BuildKit records its jobs."""
+    state = {"daemonless": "sha256:" + "d" * 64, "daemonless_jobs": [], "detected": []}
+    kit = FakeBuildKit()
+
+    class FakeDaemonless:
+        def build(self, job):
+            state["daemonless_jobs"].append(job)
+            if isinstance(state["daemonless"], Exception):
+                raise state["daemonless"]
+            return state["daemonless"]
+
+    def detect(settings):
+        state["detected"].append(settings.builder)
+        return kit
+
+    monkeypatch.setattr(daemonless, "DaemonlessBuilder", FakeDaemonless)
+    monkeypatch.setattr(buildkit, "detect", detect)
+    state["buildkit"] = kit
+    return state
+
+
+def test_auto_picks_daemonless_when_it_can(builders, monkeypatch, capsys):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: None)
+    job = make_job(Settings(registry="127.0.0.1:5000/ml", builder="auto"))
+    assert build_image(job) == ("sha256:" + "d" * 64, "daemonless")
+    assert builders["daemonless_jobs"] == [job] and builders["detected"] == []
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_falls_back_to_buildkit_saying_why(builders, monkeypatch, capsys):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: "the platform is windows, not linux")
+    job = make_job(Settings(registry="127.0.0.1:5000/ml", builder="auto"))
+    assert build_image(job) == ("sha256:" + "b" * 64, "buildx")
+    assert builders["daemonless_jobs"] == [] and builders["buildkit"].jobs == [job]
+    assert capsys.readouterr().err == ("composer: building with BuildKit: the daemonless builder cannot "
+                                       "(the platform is windows, not linux)\n")
+
+
+def test_auto_falls_back_quietly_under_progress_quiet(builders, monkeypatch, capsys):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: "no")
+    assert build_image(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet")))[1] == "buildx"
+    assert capsys.readouterr().err == ""
+
+
+def test_auto_falls_back_when_the_daemonless_build_cannot_midway(builders, monkeypatch, capsys):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: None)
+    builders["daemonless"] = CannotBuild("daemonless", "docopt==0.6.2 has no wheel for x86_64-manylinux_2_36")
+    assert build_image(make_job()) == ("sha256:" + "b" * 64, "buildx")
+    assert len(builders["daemonless_jobs"]) == 1
+    assert "(docopt==0.6.2 has no wheel for x86_64-manylinux_2_36)" in capsys.readouterr().err
+
+
+def test_conda_job_under_auto_goes_to_buildkit(builders, capsys):
+    job = make_job(kind="conda")  # the real unsupported_reason
+    assert build_image(job) == ("sha256:" + "b" * 64, "buildx")
+    assert builders["daemonless_jobs"] == []
+    assert "conda" in capsys.readouterr().err
+
+
+def test_forced_daemonless_fails_in_one_line_when_unsupported(builders, capsys):
+    job = make_job(Settings(registry="127.0.0.1:5000/ml", builder="daemonless"), kind="conda")
+    with pytest.raises(BuildError) as info:
+        build_image(job)
+    line = info.value.one_line()
+    assert "\n" not in line and line.startswith("--builder daemonless cannot build this image: ") and "conda" in line
+    assert info.value.exit_code == 6
+    assert builders["daemonless_jobs"] == [] and builders["detected"] == [] and builders["buildkit"].jobs == []
+    assert capsys.readouterr().err == ""  # no fallback message: it does not fall back
+
+
+def test_forced_daemonless_fails_in_one_line_when_it_cannot_midway(builders, monkeypatch):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: None)
+    cannot = CannotBuild("daemonless", "docopt==0.6.2 has no wheel for x86_64-manylinux_2_36")
+    builders["daemonless"] = cannot
+    with pytest.raises(BuildError) as info:
+        build_image(make_job(Settings(registry="127.0.0.1:5000/ml", builder="daemonless")))
+    assert "--builder daemonless cannot build this image: docopt==0.6.2 has no wheel" in info.value.one_line()
+    assert info.value.__cause__ is cannot
+    assert builders["detected"] == [] and builders["buildkit"].jobs == []
+
+
+@pytest.mark.parametrize("name", ["buildctl", "buildx", "docker"])
+def test_a_named_buildkit_builder_skips_daemonless(builders, monkeypatch, name):
+    monkeypatch.setattr(daemonless, "unsupported_reason", lambda job: pytest.fail("not asked"))
+    build_image(make_job(Settings(registry="127.0.0.1:5000/ml", builder=name)))
+    assert builders["detected"] == [name] and builders["daemonless_jobs"] == []
+
+
+# -- from job to command line ----------------------------------------------------------------------
 @pytest.fixture
 def request_(tmp_path) -> BuildRequest:
-    ca = Path("/x/ca.pem")
-    return BuildRequest(
-        context=tmp_path / "context",
-        target=ImageRef("127.0.0.1:5000", "ml/envs", "explainer-0123456789ab"),
-        secrets={"ca": str(ca)},
-        plain_http=True,
-        progress="plain",
-    )
+    job = make_job(Settings(registry="127.0.0.1:5000/ml", progress="plain", build_timeout=123))
+    return request_for(job, tmp_path)
+
+
+def test_request_for_a_job(tmp_path):
+    calls = []
+    job = make_job(Settings(registry="127.0.0.1:5000/ml", progress="plain", build_timeout=123), calls=calls)
+    req = request_for(job, tmp_path)
+    assert calls == [tmp_path / "context"] and req.context == tmp_path / "context"
+    assert (req.context / "Dockerfile").read_text() == "FROM scratch\n"
+    assert str(req.target) == "127.0.0.1:5000/ml/envs:explainer-0123456789ab"
+    assert req.secrets == {"ca": "/x/ca.pem"}
+    assert (req.plain_http, req.progress, req.timeout) == (True, "plain", 123)
+
+
+def test_https_registry_is_not_marked_insecure(tmp_path):
+    req = request_for(make_job(registry="registry.example.com"), tmp_path)
+    assert req.plain_http is False
+    for builder in (BuildctlBuilder(None), BuildxBuilder("docker")):
+        out = builder.command(req, tmp_path / "m.json")
+        assert "registry.insecure" not in " ".join(out)
+        assert "push=true" in " ".join(out)
 
 
 def _assert_secret_args(cmd):
@@ -150,26 +312,67 @@ def test_docker_command(request_):
     _assert_secret_args(cmd)
 
 
-def test_https_registry_is_not_marked_insecure(request_, tmp_path):
-    request_.plain_http = False
-    for builder in (BuildctlBuilder(None), BuildxBuilder("docker")):
-        out = builder.command(request_, tmp_path / "m.json")
-        assert "registry.insecure" not in " ".join(out)
-        assert "push=true" in " ".join(out)
-
-
-def test_secret_contents_never_reach_the_command_line(request_, tmp_path):
+def test_secret_contents_never_reach_the_command_line(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text(SECRET_CONTENT)
     index = tmp_path / "index_url"
     index.write_text("https://user:s3cr3t@index.example.com/simple")
-    request_.secrets = {"index_url": str(index), "ca": str(ca)}
+    work = tmp_path / "work"
+    work.mkdir()
+    req = request_for(make_job(secrets={"index_url": str(index), "ca": str(ca)}), work)
     for cmd in (
-        BuildctlBuilder(None).command(request_, tmp_path / "m.json"),
-        BuildxBuilder("docker").command(request_, tmp_path / "m.json"),
-        DockerBuilder("docker").command(request_),
+        BuildctlBuilder(None).command(req, tmp_path / "m.json"),
+        BuildxBuilder("docker").command(req, tmp_path / "m.json"),
+        DockerBuilder("docker").command(req),
     ):
         joined = " ".join(cmd)
         assert SECRET_CONTENT not in joined
         assert "s3cr3t" not in joined
         assert f"--secret id=ca,src={ca} --secret id=index_url,src={index}" in joined  # sorted by id
+
+
+# -- build(job), with a stand-in for the BuildKit client ---------------------------------------------
+class ScriptBuilder(BuildctlBuilder):
+    """buildctl's build(job) with a python script in place of the buildctl command."""
+
+    def __init__(self, script: str):
+        super().__init__(None)
+        self.script = script
+        self.seen: list = []
+
+    def command(self, req, metadata):
+        self.seen.append((req, metadata))
+        return [sys.executable, "-c", self.script, str(metadata)]
+
+
+WRITE_METADATA = f"import json, sys; json.dump({{'containerimage.digest': '{DIGEST}'}}, open(sys.argv[1], 'w'))"
+
+
+def test_build_runs_the_command_on_the_prepared_context_and_cleans_up():
+    calls = []
+    builder = ScriptBuilder(WRITE_METADATA)
+    assert builder.build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet"), calls=calls)) == DIGEST
+    (req, metadata), = builder.seen
+    assert calls == [req.context] and metadata.parent == req.context.parent  # metadata outside the context
+    assert not req.context.parent.exists()  # the temporary directory is gone
+
+
+def test_build_without_a_digest_fails():
+    with pytest.raises(BuildError, match="no image digest"):
+        ScriptBuilder("pass").build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet")))
+
+
+def test_build_failure_names_the_failing_step(capsys):
+    script = f"import sys; sys.stdout.write({chr(10).join(PLAIN_LOG)!r}); sys.exit(1)"
+    with pytest.raises(BuildError) as info:
+        ScriptBuilder(script).build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet")))
+    line = info.value.one_line()
+    assert line.startswith("the image build failed at [2/2] RUN --mount=type=bind")
+    assert "error: Failed to download `shap==0.45.0`" in line
+    assert "#6 0.223 error: Failed to download" in capsys.readouterr().err  # the step's log
+
+
+def test_build_timeout_from_settings():
+    slow = "import time; time.sleep(60)"
+    with pytest.raises(BuildError, match="took over 1s"):
+        ScriptBuilder(slow).build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet", build_timeout=1)))
