@@ -66,8 +66,9 @@ def show(name: str, *, registry: Optional[str] = None, settings: Optional[Settin
     return record.to_json()
 
 
-def record(run: str, image: str, requirements: Optional[str] = None, *, registry: Optional[str] = None,
-           settings: Optional[Settings] = None) -> dict:
-    """Register the image run ran in; returns the run record with its digest under "record_digest"."""
-    rec, digest = record_run(_settings(settings, registry), run, image, requirements)
+def record(run: str, image: str, requirements: Optional[str] = None, *, update: bool = False,
+           registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:
+    """Register the image run ran in; returns the run record with its digest under "record_digest".
+    A run already recorded with another image needs update=True (the old record stays listed)."""
+    rec, digest = record_run(_settings(settings, registry), run, image, requirements, update=update)
     return {**rec.to_json(), "record_digest": digest}

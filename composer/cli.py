@@ -17,7 +17,7 @@ from composer.catalog.pull import pull
 from composer.catalog.rebuild import rebuild
 from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
 from composer.settings import BUILDERS, load_settings
-from composer.upstream.runs import record_run
+from composer.upstream.runs import record_run, run_history
 from composer.version import __version__
 
 
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="the upstream run's id, e.g. TrainFlow/1234")
     p.add_argument("--image", required=True, help="REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:... it ran in")
     p.add_argument("--requirements", help="the run's pinned packages (pip freeze); default: read them from the image")
+    p.add_argument("--update", action="store_true", help="re-record a run already recorded with another image (the old record stays in its history)")
     _common(p)
 
     p = sub.add_parser("build", help="compose an image: upstream environment + extras; prints its digest")
@@ -65,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("name")
         _common(p)
 
-    p = sub.add_parser("history", help="every version a name or alias has pointed to")
-    p.add_argument("name")
+    p = sub.add_parser("history", help="every version a name or alias has pointed to (--run: every record a run has had)")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--run", help="list the records of this run id instead")
     _common(p)
 
     p = sub.add_parser("alias", help="point an alias (latest, stable, ...) at NAME or NAME@N; the move is recorded")
@@ -121,7 +123,7 @@ def _vars(pairs: List[str]) -> Dict[str, str]:
 def run(args: argparse.Namespace) -> dict:
     settings = _settings(args)
     if args.command == "record":
-        rec, digest = record_run(settings, args.run, args.image, args.requirements)
+        rec, digest = record_run(settings, args.run, args.image, args.requirements, update=args.update)
         return {"run": rec.run, "image": rec.image.pinned, "record": digest, "python": rec.python.version,
                 "distributions": len(rec.distributions)}
     if args.command == "build":
@@ -130,6 +132,10 @@ def run(args: argparse.Namespace) -> dict:
         return result.to_json()
     if args.command in ("history", "alias", "ls", "gc"):
         if args.command == "history":
+            if args.run:
+                return {"run": args.run, "versions": run_history(settings, args.run)}
+            if not args.name:
+                raise UsageError("history needs a NAME (or --run RUN)", "e.g. composer history explainer-a")
             return {"name": args.name, "versions": catalog.history(settings, args.name)}
         if args.command == "alias":
             return catalog.set_alias(settings, args.alias, args.target)

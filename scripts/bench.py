@@ -326,7 +326,7 @@ class Round:
         layer = self.bench.tmp / f"floor-{self.rid}.tar.gz"
         # GNU tar, compressed by the same gzip the daemonless builder uses (level 6 on all cores):
         # the floor is the same work with nothing else around it.
-        from composer.builders.daemonless import ParallelGzip
+        from composer.builders.daemonless.tarball import ParallelGzip
 
         h = hashlib.sha256()
 

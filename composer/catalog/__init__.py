@@ -9,7 +9,7 @@ from composer.errors import NotFoundError, UsageError, VerificationError
 from composer.model.records import BuildRecord
 from composer.model.refs import check_name
 from composer.oci import connect
-from composer.publish.history import read_history
+from composer.history import read_history
 from composer.settings import Settings
 from composer.store import build_records_of, envs_repository
 

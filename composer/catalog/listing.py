@@ -12,7 +12,7 @@ from composer.errors import NotFoundError, UsageError
 from composer.model.refs import RESERVED_PREFIXES, check_name
 from composer.oci import connect
 from composer.oci.client import Registry
-from composer.publish.history import Version, append_version, read_history, rewrite_history
+from composer.history import Version, append_version, read_history, rewrite_history
 from composer.settings import Settings
 from composer.store import build_records_of, envs_repository, read_run_record, runs_repository
 
@@ -110,6 +110,8 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
     # Images that run records name: those runs must stay composable.
     runs_repo = runs_repository(settings)
     for tag in reg.tags(runs_repo):
+        if not tag.startswith("run-"):
+            continue  # hist-run-...: a run's earlier records, kept by their index
         got = read_run_record(reg, runs_repo, tag)
         if got:
             protected.add(got[0].image.digest)

@@ -3,7 +3,7 @@
 The name check, the cache, one builder per spec (composer/publish/lease.py), the build
 record, the spec tag, a record per name with that name's own provenance, the run records
 (so a composed environment can be an upstream), then the name's history
-(composer/publish/history.py) and the name tag, last:
+(composer/history.py) and the name tag, last:
 
     lease-<spec>  ->  NAME-<12 hex> (the builder's push)  ->  record (subject: the image)
     ->  spec-<spec>  ->  run records  ->  hist-NAME  ->  NAME
@@ -26,7 +26,7 @@ from composer.model.records import BuildRecord, Image, RunRecord, utc_now
 from composer.model.refs import SPEC_TAG_CHARS, parse_image_ref
 from composer.oci import connect
 from composer.oci.client import Descriptor, Registry
-from composer.publish.history import append_version
+from composer.history import append_version
 from composer.publish.lease import build_once
 from composer.settings import Settings
 from composer.store import (

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
 from composer.errors import NotFoundError, UsageError
-from composer.model.records import (
-    RUN_RECORD_SCHEMA, Distribution, Image, Platform, Python, RunRecord, utc_now,
-)
-from composer.model.refs import ImageRef
+from composer.model.records import RUN_RECORD_SCHEMA, Distribution, Image, RunRecord, utc_now
+from composer.history import append_version, read_history
+from composer.model.refs import ImageRef, run_tag
 from composer.oci import connect
 from composer.requirements import canonical_name, parse_pinned
 from composer.settings import Settings
@@ -100,10 +99,15 @@ def build_run_record(run_id: str, image: ImageRef, config: dict, probe: dict, di
     return RunRecord.from_json(document, f"the environment of image {image.pinned()}")
 
 
-def record_run(settings: Settings, run_id: str, image_text: str, requirements: Optional[str] = None) -> Tuple[RunRecord, str]:
+def record_run(settings: Settings, run_id: str, image_text: str, requirements: Optional[str] = None,
+               update: bool = False) -> Tuple[RunRecord, str]:
+    """Record the environment run_id ran in. A run already recorded with another image is only
+    re-recorded with update=True, and its previous record stays listed in the run's history."""
     if not run_id.strip():
         raise UsageError("the run id is empty", "pass --run RUN_ID")
     settings.require_registry()
+    reg, repo = connect(settings), runs_repository(settings)
+    before = load_run_record(reg, repo, run_id)
     # An explicit conda list (@EXPLICIT) gives the conda packages; distributions then come from the image.
     explicit = None
     if requirements and conda_meta.is_explicit_file(Path(requirements)):
@@ -115,7 +119,31 @@ def record_run(settings: Settings, run_id: str, image_text: str, requirements: O
         probe = conda_meta.with_explicit_packages(probe, explicit, image.pinned())
     dists = pinned_reqs if pinned_reqs is not None else probe.get("distributions") or []
     record = build_run_record(run_id, image, config, probe, dists, "requirements" if pinned_reqs is not None else "image")
-    return record, write_run_record(connect(settings), runs_repository(settings), record)
+    if before is not None and before[0].image.digest != record.image.digest:
+        if not update:
+            raise UsageError(
+                f"run {run_id!r} is already recorded with image {before[0].image.pinned}",
+                f"pass --update to record it with {record.image.pinned}; the old record stays in composer history --run {run_id}",
+            )
+    if before is not None:
+        keep_run_version(reg, repo, run_id, before[1], "replaced")
+    digest = write_run_record(reg, repo, record)
+    keep_run_version(reg, repo, run_id, digest, "recorded" if before is None else "re-recorded")
+    return record, digest
+
+
+def keep_run_version(reg, repo: str, run_id: str, record_digest: str, reason: str) -> None:
+    """Every record a run id has had stays listed (and so kept) in hist-<run tag>."""
+    desc = reg.head_manifest(repo, record_digest)
+    if desc is not None:
+        append_version(reg, repo, run_tag(run_id), desc, record_digest, "", reason)
+
+
+def run_history(settings: Settings, run_id: str) -> list:
+    versions = read_history(connect(settings), runs_repository(settings), run_tag(run_id))
+    if not versions:
+        raise NotFoundError(f"no record of run {run_id!r} in {settings.registry}", "see composer record --help")
+    return [v.to_json() for v in versions]
 
 
 def composed_run_record(run_id: str, image: Image, upstream: RunRecord, name: str, spec_hash: str, created: str,
@@ -127,7 +155,3 @@ def composed_run_record(run_id: str, image: Image, upstream: RunRecord, name: st
         distributions=upstream.with_distributions(added).distributions, distributions_source="composed",
         created=created, composer_version=__version__, composed={"name": name, "spec_hash": spec_hash}, conda=conda,
     )
-
-
-__all__ = ["Platform", "Python", "RunRecord", "build_run_record", "composed_run_record", "load_run", "record_run",
-           "register_source", "with_step"]

@@ -13,11 +13,13 @@ import pytest
 import requests
 
 from composer.builders import daemonless
-from composer.settings import load_settings
+from composer.builders.base import BuildJob, CannotBuild
 from composer.kinds.pip import lock_extras
 from composer.model.refs import parse_image_ref
+from composer.oci import connect
 from composer.oci.client import Registry
-from composer.upstream.runs import load_run, registry_for
+from composer.settings import load_settings
+from composer.upstream.runs import load_run
 from tests.conftest import BASE_REF, REGISTRY, build_json, get_manifest, registry_tags, run_cli
 
 pytestmark = pytest.mark.integration
@@ -45,17 +47,23 @@ def _spy(reg: Registry) -> list:
     return calls
 
 
+def _no_context(context):
+    raise AssertionError("the daemonless builder writes no BuildKit context")
+
+
 def _compose(prefix, run, extras=EXTRAS, tag="dl", reg=None):
     settings = load_settings({"registry": prefix, "progress": "quiet"})
     upstream, _ = load_run(settings, run)
-    lock = lock_extras(settings, extras, upstream, run)
-    base = parse_image_ref(f"{upstream['image']['repository']}@{upstream['image']['digest']}")
-    reg = reg or registry_for(settings)
+    lock = lock_extras(settings, extras, upstream.pins, upstream.python.version, upstream.platform.python_platform, run)
+    base = parse_image_ref(upstream.image.pinned)
+    reg = reg or connect(settings)
     calls = _spy(reg)
-    digest = daemonless.build_and_push(
-        settings=settings, reg=reg, repo=settings.repository("envs"), tag=tag, base=base, upstream=upstream,
-        lock=lock, spec_hash=ENV["COMPOSER_SPEC_HASH"], labels=LABELS, env=ENV,
+    job = BuildJob(
+        settings=settings, registry=reg, repository=settings.repository("envs"), tag=tag, base=base, upstream=upstream,
+        kind="pip", lock=lock, spec_hash=ENV["COMPOSER_SPEC_HASH"], dockerfile="", prepare_context=_no_context,
+        labels=LABELS, env=ENV,
     )
+    digest = daemonless.DaemonlessBuilder().build(job)
     return digest, upstream, lock, reg, calls
 
 
@@ -78,7 +86,7 @@ def test_daemonless_image_runs_with_upstream_pins_and_extras(prefix, upstream_ru
     assert versions["iniconfig"] == "2.0.0" and versions["pyflakes"] == "3.2.0"
     # The console script is on the image's PATH and runs with the image's python.
     assert _run(ref, "pyflakes", "--version").startswith("3.2.0")
-    assert _run(ref, "head", "-n1", "/opt/venv/bin/pyflakes") == "#!" + upstream["python"]["executable"]
+    assert _run(ref, "head", "-n1", "/opt/venv/bin/pyflakes") == "#!" + upstream.python.executable
     assert _run(ref, "sh", "-c", "echo $COMPOSER_SPEC_HASH") == ENV["COMPOSER_SPEC_HASH"]
     # RECORD is right about the script: pip can uninstall the package cleanly.
     out = _run(ref, "sh", "-c", "pip uninstall -y -q pyflakes && ! test -e /opt/venv/bin/pyflakes && echo clean")
@@ -141,7 +149,7 @@ def test_base_on_another_registry_is_stream_copied(prefix, upstream_run, model_a
 
 
 def test_wheel_less_package_asks_for_buildkit_before_pushing(prefix, upstream_run):
-    with pytest.raises(daemonless.NeedsBuildKit) as info:
+    with pytest.raises(CannotBuild) as info:
         _compose(prefix, upstream_run, extras=["docopt==0.6.2"])  # sdist only
     assert "docopt" in info.value.reason and "no wheel" in info.value.reason
     assert registry_tags(_repo(prefix, "envs")) == []
@@ -152,7 +160,7 @@ def test_debian_system_python(prefix, infra):
     in the image puts them: /usr/local/lib/python3.X/dist-packages and /usr/local/bin."""
     assert run_cli("record", "--run", "Sys/1", "--image", BASE_REF, env={"COMPOSER_REGISTRY": prefix}).returncode == 0
     digest, upstream, _, _, _ = _compose(prefix, "Sys/1", extras=["pyflakes==3.2.0"])
-    assert upstream["python"]["site_packages"] == "/usr/local/lib/python3.11/dist-packages"
+    assert upstream.python.site_packages == "/usr/local/lib/python3.11/dist-packages"
     ref = f"{prefix}/envs@{digest}"
     assert _run(ref, "pyflakes", "--version").startswith("3.2.0")
     assert _run(ref, "head", "-n1", "/usr/local/bin/pyflakes") == "#!/usr/bin/python3"

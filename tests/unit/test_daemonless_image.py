@@ -1,15 +1,31 @@
-"""composer/daemonless.py: media types, config and manifest of the composed image, and when
-the daemonless builder steps aside for BuildKit."""
+"""The daemonless builder's image: media types, config and manifest of the composed image
+(composer/oci/mutate.py), the whole build against an in-memory registry (golden digests: the
+same inputs must give the same image as before), and when the builder steps aside for BuildKit."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import io
 import json
+import os
+import zlib
+from pathlib import Path
 
 import pytest
 
 from composer.builders import daemonless as dl
+from composer.builders.base import BuildJob, CannotBuild
+from composer.builders.daemonless import install, tarball
+from composer.builders.daemonless.layout import Entry
+from composer.errors import BuildError
 from composer.kinds.pip import Lock
-from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor
+from composer.model.records import RunRecord
+from composer.model.refs import ImageRef
+from composer.oci import mutate
+from composer.oci.client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from composer.settings import Settings
 
 DIFF = "sha256:" + "d" * 64
 BASE_CONFIG = {
@@ -27,48 +43,41 @@ BASE_CONFIG = {
 
 
 # -- media types ---------------------------------------------------------------------------
-def test_docker_base_gets_docker_gzip(monkeypatch):
-    monkeypatch.setattr(dl, "zstd_module", lambda: "zstandard")
-    assert dl.choose_compression(DOCKER_MANIFEST) == "gzip"
-    assert dl.layer_media_type(DOCKER_MANIFEST, "gzip") == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+def test_docker_base_gets_docker_gzip():
+    assert mutate.choose_compression(DOCKER_MANIFEST, "auto", have_zstd=True) == "gzip"
+    assert mutate.choose_compression(DOCKER_MANIFEST, "zstd", have_zstd=True) == "gzip"
+    assert mutate.layer_media_type(DOCKER_MANIFEST, "gzip") == "application/vnd.docker.image.rootfs.diff.tar.gzip"
     with pytest.raises(ValueError):
-        dl.layer_media_type(DOCKER_MANIFEST, "zstd")
+        mutate.layer_media_type(DOCKER_MANIFEST, "zstd")
 
 
-def test_oci_base_zstd_only_with_a_module(monkeypatch):
-    monkeypatch.delenv("COMPOSER_LAYER_COMPRESSION", raising=False)
-    monkeypatch.setattr(dl, "zstd_module", lambda: None)
-    assert dl.choose_compression(OCI_MANIFEST) == "gzip"
-    assert dl.layer_media_type(OCI_MANIFEST, "gzip") == "application/vnd.oci.image.layer.v1.tar+gzip"
-    monkeypatch.setattr(dl, "zstd_module", lambda: "zstandard")
-    assert dl.choose_compression(OCI_MANIFEST) == "zstd"
-    assert dl.layer_media_type(OCI_MANIFEST, "zstd") == "application/vnd.oci.image.layer.v1.tar+zstd"
-    monkeypatch.setenv("COMPOSER_LAYER_COMPRESSION", "gzip")
-    assert dl.choose_compression(OCI_MANIFEST) == "gzip"
-    monkeypatch.setenv("COMPOSER_LAYER_COMPRESSION", "bzip2")
-    with pytest.raises(dl.UsageError):
-        dl.choose_compression(OCI_MANIFEST)
+def test_oci_base_zstd_only_with_a_module():
+    assert mutate.choose_compression(OCI_MANIFEST, "auto", have_zstd=False) == "gzip"
+    assert mutate.layer_media_type(OCI_MANIFEST, "gzip") == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert mutate.choose_compression(OCI_MANIFEST, "auto", have_zstd=True) == "zstd"
+    assert mutate.layer_media_type(OCI_MANIFEST, "zstd") == "application/vnd.oci.image.layer.v1.tar+zstd"
+    assert mutate.choose_compression(OCI_MANIFEST, "gzip", have_zstd=True) == "gzip"  # COMPOSER_LAYER_COMPRESSION=gzip
+    with pytest.raises(ValueError):
+        mutate.choose_compression(OCI_MANIFEST, "bzip2", have_zstd=True)  # settings refuse it first (exit 2)
 
 
 def test_zstd_layer_when_available():
-    if dl.zstd_module() is None:
+    if tarball.zstd_module() is None:
         pytest.skip("no zstd module on this machine")
-    import io
-
     a, b = io.BytesIO(), io.BytesIO()
-    entries = [dl.Entry("a/b.py", "file", 0o644, data=b"x" * 1000)]
-    la = dl.write_layer(entries, a, "zstd", 0)
-    lb = dl.write_layer(entries, b, "zstd", 0)
+    entries = [Entry("a/b.py", "file", 0o644, data=b"x" * 1000)]
+    la = tarball.write_layer(entries, a, "zstd", 0)
+    lb = tarball.write_layer(entries, b, "zstd", 0)
     assert a.getvalue() == b.getvalue() and la.digest == lb.digest
     assert a.getvalue()[:4] == b"\x28\xb5\x2f\xfd"
 
 
 # -- config ----------------------------------------------------------------------------------
 def _config(**kw):
-    args = dict(diff_id=DIFF, created="2026-01-02T03:04:05.123456789Z", created_by="composer daemonless: x",
+    args = dict(diff_id=DIFF, created="2026-01-02T03:04:05.123456789Z", created_by="composer daemonless: x", comment=dl.HISTORY_COMMENT,
                 labels={"over": "new", "dev.composer.spec-hash": "sha256:abc"}, env={"COMPOSER_SPEC_HASH": "sha256:abc", "LANG": "C"})
     args.update(kw)
-    return dl.compose_config(BASE_CONFIG, **args)
+    return mutate.compose_config(BASE_CONFIG, **args)
 
 
 def test_config_appends_diff_id_and_history():
@@ -92,14 +101,14 @@ def test_config_labels_and_env_merged():
 
 def test_history_padded_when_the_base_has_none():
     base = dict(BASE_CONFIG, history=[])
-    cfg = dl.compose_config(base, diff_id=DIFF, created="t", created_by="c", labels={}, env={})
+    cfg = mutate.compose_config(base, diff_id=DIFF, created="t", created_by="c", comment="k", labels={}, env={})
     assert len(cfg["history"]) == 3 and cfg["history"][-1]["created_by"] == "c"
     assert cfg["config"]["Labels"] == BASE_CONFIG["config"]["Labels"]
 
 
 def test_config_without_config_section():
-    cfg = dl.compose_config({"rootfs": {"type": "layers", "diff_ids": []}}, diff_id=DIFF, created="t", created_by="c",
-                            labels={"a": "b"}, env={"E": "1"})
+    cfg = mutate.compose_config({"rootfs": {"type": "layers", "diff_ids": []}}, diff_id=DIFF, created="t", created_by="c",
+                                comment="k", labels={"a": "b"}, env={"E": "1"})
     assert cfg["config"] == {"Labels": {"a": "b"}, "Env": ["E=1"]}
     assert cfg["rootfs"]["diff_ids"] == [DIFF]
 
@@ -113,13 +122,13 @@ def test_created_is_deterministic(monkeypatch):
 
 
 def test_same_inputs_same_config_bytes():
-    assert dl.config_bytes(_config()) == dl.config_bytes(_config())
-    assert dl.config_bytes(_config()) != dl.config_bytes(_config(env={"COMPOSER_SPEC_HASH": "sha256:other"}))
+    assert mutate.config_bytes(_config()) == mutate.config_bytes(_config())
+    assert mutate.config_bytes(_config()) != mutate.config_bytes(_config(env={"COMPOSER_SPEC_HASH": "sha256:other"}))
 
 
 def test_merge_env_rejects_bad_names():
     with pytest.raises(ValueError):
-        dl.merge_env([], {"A=B": "c"})
+        mutate.merge_env([], {"A=B": "c"})
 
 
 # -- manifest ----------------------------------------------------------------------------------
@@ -136,47 +145,71 @@ BASE_MANIFEST = {
 
 def test_manifest_keeps_base_layers_first_and_its_family():
     cfg = Descriptor("application/vnd.docker.container.image.v1+json", "sha256:" + "e" * 64, 10)
-    layer = Descriptor(dl.DOCKER_LAYER_GZIP, "sha256:" + "f" * 64, 20)
-    m = json.loads(dl.compose_manifest(BASE_MANIFEST, DOCKER_MANIFEST, cfg, layer, {"x": "y"}))
+    layer = Descriptor(mutate.DOCKER_LAYER_GZIP, "sha256:" + "f" * 64, 20)
+    m = json.loads(mutate.compose_manifest(BASE_MANIFEST, DOCKER_MANIFEST, cfg, layer, {"x": "y"}))
     assert m["mediaType"] == DOCKER_MANIFEST and m["schemaVersion"] == 2
     assert m["layers"][:2] == BASE_MANIFEST["layers"]
-    assert m["layers"][2] == {"mediaType": dl.DOCKER_LAYER_GZIP, "digest": "sha256:" + "f" * 64, "size": 20}
+    assert m["layers"][2] == {"mediaType": mutate.DOCKER_LAYER_GZIP, "digest": "sha256:" + "f" * 64, "size": 20}
     assert m["config"]["digest"] == cfg.digest
     assert "annotations" not in m  # Docker manifests have none
 
 
 def test_oci_manifest_carries_base_annotations():
-    cfg = Descriptor(dl.OCI_CONFIG, "sha256:" + "e" * 64, 10)
-    layer = Descriptor(dl.OCI_LAYER_GZIP, "sha256:" + "f" * 64, 20)
-    body = dl.compose_manifest({"layers": []}, OCI_MANIFEST, cfg, layer, {"org.opencontainers.image.base.digest": "sha256:1"})
-    assert body == dl.compose_manifest({"layers": []}, OCI_MANIFEST, cfg, layer, {"org.opencontainers.image.base.digest": "sha256:1"})
+    cfg = Descriptor(mutate.OCI_CONFIG, "sha256:" + "e" * 64, 10)
+    layer = Descriptor(mutate.OCI_LAYER_GZIP, "sha256:" + "f" * 64, 20)
+    body = mutate.compose_manifest({"layers": []}, OCI_MANIFEST, cfg, layer, {"org.opencontainers.image.base.digest": "sha256:1"})
+    assert body == mutate.compose_manifest({"layers": []}, OCI_MANIFEST, cfg, layer, {"org.opencontainers.image.base.digest": "sha256:1"})
     m = json.loads(body)
     assert m["mediaType"] == OCI_MANIFEST
     assert m["annotations"] == {"org.opencontainers.image.base.digest": "sha256:1"}
 
 
 # -- when to step aside ---------------------------------------------------------------------------
-def _upstream(**over):
-    up = {
-        "python": {"executable": "/opt/venv/bin/python3", "version": "3.11.2", "implementation": "cpython", "prefix": "/opt/venv",
-                   "kind": "venv", "site_packages": "/opt/venv/lib/python3.11/site-packages", "externally_managed": False},
-        "platform": {"os": "linux", "architecture": "amd64", "python_platform": "x86_64-manylinux_2_36"},
-    }
-    for key, value in over.items():
-        section, _, field = key.partition("__")
-        up[section][field] = value
-    return up
+RUN_RECORD = {
+    "schema": "composer.run-record/v1", "run": "Flow/1",
+    "image": {"repository": "127.0.0.1:5000/models/a", "digest": "sha256:" + "a" * 64, "tag": "v1"},
+    "python": {"executable": "/opt/venv/bin/python3", "version": "3.11.2", "implementation": "cpython", "prefix": "/opt/venv",
+               "kind": "venv", "site_packages": "/opt/venv/lib/python3.11/site-packages", "externally_managed": False},
+    "platform": {"os": "linux", "architecture": "amd64", "variant": None, "libc": "glibc", "libc_version": "2.36",
+                 "python_platform": "x86_64-manylinux_2_36"},
+    "distributions": [{"name": "attrs", "version": "23.1.0"}],
+    "distributions_source": "image", "created": "2026-01-01T00:00:00Z", "composer_version": "0.1.0",
+}
+SPEC = "sha256:" + "5" * 64
+
+
+def _upstream(**over) -> RunRecord:
+    """The sample run record with python__FIELD / platform__FIELD replaced (unchecked, so the
+    builder's own checks are what is tested)."""
+    up = RunRecord.from_json(RUN_RECORD)
+    python = {k.split("__", 1)[1]: v for k, v in over.items() if k.startswith("python__")}
+    platform = {k.split("__", 1)[1]: v for k, v in over.items() if k.startswith("platform__")}
+    return dataclasses.replace(up, python=dataclasses.replace(up.python, **python),
+                               platform=dataclasses.replace(up.platform, **platform))
 
 
 LOCK = Lock(requirements=["six"], packages=[{"name": "six", "version": "1.17.0", "hashes": ["sha256:" + "0" * 64]}],
             added=[{"name": "six", "version": "1.17.0", "hashes": ["sha256:" + "0" * 64]}])
 
 
+def _job(upstream=None, *, lock=LOCK, kind="pip", settings=None, registry=None, base=None, labels=None, env=None) -> BuildJob:
+    def prepare_context(context):
+        raise AssertionError("the daemonless builder writes no BuildKit context")
+
+    return BuildJob(
+        settings=settings or Settings(registry="127.0.0.1:5000/ml", progress="quiet"),
+        registry=registry if registry is not None else MemoryRegistry("127.0.0.1:5000"),
+        repository="ml/envs", tag="t", base=base or ImageRef("127.0.0.1:5000", "models/a", "v1", "sha256:" + "a" * 64),
+        upstream=upstream if upstream is not None else _upstream(), kind=kind, lock=lock, spec_hash=SPEC,
+        dockerfile="FROM x\n", prepare_context=prepare_context, labels=labels or {}, env=env or {},
+    )
+
+
 def test_supported():
-    assert dl.unsupported_reason(LOCK, _upstream()) is None
+    assert dl.unsupported_reason(_job()) is None
     debian = _upstream(python__executable="/usr/bin/python3", python__kind="system", python__externally_managed=True,
                        python__site_packages="/usr/local/lib/python3.11/dist-packages", python__prefix="/usr")
-    assert dl.unsupported_reason(LOCK, debian) is None
+    assert dl.unsupported_reason(_job(debian)) is None
 
 
 @pytest.mark.parametrize("over, words", [
@@ -191,13 +224,27 @@ def test_supported():
     ({"python__version": "three"}, "version"),
 ])
 def test_unsupported(over, words):
-    reason = dl.unsupported_reason(LOCK, _upstream(**over))
+    reason = dl.unsupported_reason(_job(_upstream(**over)))
     assert reason and words in reason
+
+
+def test_conda_kind_unsupported():
+    conda_upstream = _upstream(python__kind="conda", python__prefix="/opt/conda", python__executable="/opt/conda/bin/python",
+                               python__site_packages="/opt/conda/lib/python3.11/site-packages")
+    assert dl.unsupported_reason(_job(conda_upstream, kind="conda")).startswith("the upstream is a conda environment")
+    # An environment.yml on a plain venv: still conda packages.
+    assert dl.unsupported_reason(_job(kind="conda")).startswith("conda packages are not wheels")
+
+
+def test_unsupported_job_is_refused_by_build_before_any_registry_call():
+    with pytest.raises(CannotBuild) as info:
+        dl.DaemonlessBuilder().build(_job(kind="conda", registry=object()))
+    assert info.value.reason.startswith("conda packages are not wheels")
 
 
 def test_unhashed_package_unsupported():
     lock = Lock(requirements=["six"], packages=[], added=[{"name": "six", "version": "1", "hashes": []}])
-    assert "six" in dl.unsupported_reason(lock, _upstream())
+    assert "six" in dl.unsupported_reason(_job(lock=lock))
 
 
 def test_no_wheel_from_uv_output():
@@ -205,15 +252,217 @@ def test_no_wheel_from_uv_output():
     sdist_only = ("error: No solution found when resolving dependencies\n  cause: Because docopt==0.6.2 has no usable wheels and "
                   "you require docopt==0.6.2, we can conclude that your requirements are unsatisfiable.\n\n"
                   "hint: Wheels are required for `docopt` because building from source is disabled for all packages\n")
-    reason = dl.no_wheel_reason(sdist_only, up)
+    reason = install.no_wheel_reason(sdist_only, up)
     assert reason.startswith("docopt==0.6.2 has no wheel for x86_64-manylinux_2_36")
     abi = "  cause: Because pywin32==306 has no wheels with a matching Python ABI tag (e.g., `cp313`) and you require pywin32==306"
-    assert dl.no_wheel_reason(abi, up).startswith("pywin32==306 has no wheel")
-    assert dl.no_wheel_reason("error: Failed to download `numpy==2.1.3`\n  cause: Hash mismatch for `numpy==2.1.3`", up) is None
+    assert install.no_wheel_reason(abi, up).startswith("pywin32==306 has no wheel")
+    assert install.no_wheel_reason("error: Failed to download `numpy==2.1.3`\n  cause: Hash mismatch for `numpy==2.1.3`", up) is None
 
 
-def test_needs_buildkit_is_a_build_error_with_its_reason():
-    exc = dl.NeedsBuildKit("docopt has no wheel")
-    assert isinstance(exc, dl.BuildError) and exc.exit_code == 6
+def test_cannot_build_is_a_build_error_with_its_reason():
+    exc = CannotBuild("daemonless", "docopt has no wheel")
+    assert isinstance(exc, BuildError) and exc.exit_code == 6
     assert exc.reason == "docopt has no wheel"
     assert "BuildKit" in exc.one_line()
+
+
+# -- the whole build, against an in-memory registry ----------------------------------------------------
+def _sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class MemoryRegistry:
+    """The Registry methods the daemonless builder calls, over dicts; pushes are logged."""
+
+    def __init__(self, host: str):
+        self.host, self.base = host, f"http://{host}"
+        self.blobs, self.manifests, self.pushed, self.transfers = {}, {}, [], []
+
+    def note_transfer(self, action, repo, digest, size):
+        self.transfers.append((action, repo, digest))
+
+    def get_manifest(self, repo, ref):
+        got = self.manifests.get((repo, ref))
+        return None if got is None else (got[0], Descriptor(got[1], _sha(got[0]), len(got[0])))
+
+    def put_manifest(self, repo, ref, body, media_type):
+        self.manifests[(repo, ref)] = self.manifests[(repo, _sha(body))] = (body, media_type)
+        self.pushed.append(("manifest", ref, body))
+        return Descriptor(media_type, _sha(body), len(body)), True
+
+    def get_blob(self, repo, digest):
+        return self.blobs[(repo, digest)]
+
+    def blob_size(self, repo, digest):
+        data = self.blobs.get((repo, digest))
+        return None if data is None else len(data)
+
+    def mount_blob(self, repo, digest, from_repo):
+        if (from_repo, digest) not in self.blobs:
+            return False
+        self.blobs[(repo, digest)] = self.blobs[(from_repo, digest)]
+        self.transfers.append(("mounted", repo, digest))
+        return True
+
+    def copy_blob(self, source, source_repo, digest, size, repo, media_type="application/octet-stream"):
+        self.blobs[(repo, digest)] = source.blobs[(source_repo, digest)]
+        self.transfers.append(("copied", repo, digest))
+
+    def upload_blob(self, repo, digest, size, *, path=None, data=None, media_type="application/octet-stream"):
+        data = Path(path).read_bytes() if data is None else data
+        assert (_sha(data), len(data)) == (digest, size)
+        self.blobs[(repo, digest)] = data
+        self.pushed.append(("blob", media_type, data))
+        return Descriptor(media_type, digest, size)
+
+
+def _seed_base(reg: MemoryRegistry, media_type: str, index: bool = False) -> str:
+    """A two-layer base image in models/a; returns its digest (an index's, when index)."""
+    layers, diff_ids = [], []
+    for i in range(2):
+        blob = f"layer {i}".encode() * 100
+        reg.blobs[("models/a", _sha(blob))] = blob
+        layers.append({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip" if media_type == DOCKER_MANIFEST
+                       else "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _sha(blob), "size": len(blob)})
+        diff_ids.append("sha256:" + f"{i}" * 64)
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "created": "2026-01-02T03:04:05.123456789Z",
+        "config": {"Env": ["PATH=/opt/venv/bin:/usr/bin", "LANG=C.UTF-8"], "Cmd": ["python3"], "Labels": {"keep": "me"}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": "2026-01-01T00:00:00Z", "created_by": "x"}],
+    }).encode()
+    reg.blobs[("models/a", _sha(config))] = config
+    config_type = "application/vnd.docker.container.image.v1+json" if media_type == DOCKER_MANIFEST else mutate.OCI_CONFIG
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": media_type,
+                           "config": {"mediaType": config_type, "digest": _sha(config), "size": len(config)},
+                           "layers": layers}, indent=1).encode()
+    reg.manifests[("models/a", _sha(manifest))] = (manifest, media_type)
+    if not index:
+        return _sha(manifest)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": media_type, "digest": "sha256:" + "9" * 64, "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+        {"mediaType": media_type, "digest": _sha(manifest), "size": len(manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    reg.manifests[("models/a", _sha(body))] = (body, OCI_INDEX)
+    return _sha(body)
+
+
+SCRIPT = b"# -*- coding: utf-8 -*-\nimport sys\nfrom pkg.cli import main\nsys.exit(main())\n"
+
+
+def _fake_install(settings, lock, upstream, prefix: Path, lockfile: Path) -> None:
+    """What uv leaves in the staging prefix for two packages: a console script with the host's
+    python in its shebang (and RECORD naming it), a binary, data files, a symlink, bytecode."""
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    (site / "pkg" / "__pycache__").mkdir(parents=True)
+    (site / "pkg" / "__init__.py").write_text("x = 'é'\n")
+    (site / "pkg" / "__pycache__" / "a.pyc").write_bytes(b"\0")
+    (site / "pkg" / "big.bin").write_bytes(bytes(range(256)) * 9000 + b"tail")  # three gzip blocks
+    (site / "pkg" / "link.py").symlink_to("__init__.py")
+    (site / "pkg-1.0.dist-info").mkdir()
+    (prefix / "bin").mkdir()
+    script = b"#!/host/venv/bin/python\n" + SCRIPT
+    (prefix / "bin" / "pkg-cli").write_bytes(script)
+    os.chmod(prefix / "bin" / "pkg-cli", 0o755)
+    (prefix / "bin" / "native").write_bytes(b"\x7fELF")
+    record_hash = install_record_hash(script)
+    (site / "pkg-1.0.dist-info" / "RECORD").write_text(
+        f"pkg/__init__.py,sha256=abc,0\n../../../bin/pkg-cli,{record_hash},{len(script)}\npkg-1.0.dist-info/RECORD,,\n")
+    (prefix / "share" / "jupyter").mkdir(parents=True)
+    (prefix / "share" / "jupyter" / "k.json").write_text("{}")
+    (prefix / ".lock").write_text("")
+
+
+def install_record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+ADDED = [{"name": "six", "version": "1.17.0", "hashes": ["sha256:" + "0" * 64]},
+         {"name": "pkg", "version": "1.0", "hashes": ["sha256:" + "1" * 64]}]
+LABELS = {"dev.composer.spec-hash": SPEC, "dev.composer.builder": "daemonless", "org.opencontainers.image.base.name": "x"}
+
+# Made by the daemonless builder before it was split by stage (composer/daemonless.py): the
+# config digest depends on nothing but the inputs; the image digest also on zlib's deflate.
+GOLDEN_ZLIB = "1.2.13"
+CONFIG = "sha256:be885890481a822a10377bdf6a2f9545639df9f61afd4913d6323d04970d3feb"
+
+
+@pytest.mark.parametrize("case, media_type, index, other, settings, sde, config, image", [
+    ("docker", DOCKER_MANIFEST, False, False, {}, None, CONFIG,
+     "sha256:208d11ca69dfe756879c9163cebda57237c3a50502bc5f0962fc3010d16c5b3e"),
+    ("source date epoch", DOCKER_MANIFEST, False, False, {}, "1700000000",
+     "sha256:96b7b9af31948a8d1561a01a750c97d6dd2da6c0d0c0330a0b8142adf8b06515",
+     "sha256:30308becaf53f9b94f26ad6e7699398a187c9973eb2b0affff5823517b12fd30"),
+    ("gzip level 4", DOCKER_MANIFEST, False, False, {"gzip_level": 4}, None, CONFIG,
+     "sha256:4cb8fa514ada8cad21ac8c9ffb4b7d29ea8496575e567f0a97e7ae3eda0252aa"),
+    ("docker ignores zstd", DOCKER_MANIFEST, False, False, {"layer_compression": "zstd"}, None, CONFIG,
+     "sha256:208d11ca69dfe756879c9163cebda57237c3a50502bc5f0962fc3010d16c5b3e"),
+    ("oci gzip", OCI_MANIFEST, False, False, {"layer_compression": "gzip"}, None, CONFIG,
+     "sha256:bf9abda2a9e536bac57da24e8b4113cc4bc2c916c27ebf1cebed889083a04098"),
+    ("oci index, base on another registry", OCI_MANIFEST, True, True, {"layer_compression": "gzip"}, None, CONFIG,
+     "sha256:5b8704ba731c4e8c351843b2b9162dffda99015d41ae1945fba6e6623cb08aed"),
+])
+def test_build_gives_the_same_image_as_before(monkeypatch, case, media_type, index, other, settings, sde, config, image):
+    if sde:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", sde)
+    else:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    reg = MemoryRegistry("127.0.0.1:5000")
+    base_reg = MemoryRegistry("other.example:5000") if other else reg
+    digest = _seed_base(base_reg, media_type, index)
+    connected = []
+    monkeypatch.setattr(dl, "connect", lambda s, host: connected.append(host) or base_reg)
+    monkeypatch.setattr(dl, "install_extras", _fake_install)
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["image"] = {"repository": f"{base_reg.host}/models/a", "digest": digest, "tag": "v1"}
+    job = _job(RunRecord.from_json(record), lock=Lock(requirements=["six", "pkg"], packages=ADDED, added=ADDED),
+               settings=Settings(registry="127.0.0.1:5000/ml", progress="quiet", **settings), registry=reg,
+               base=ImageRef(base_reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC})
+
+    got = dl.DaemonlessBuilder().build(job)
+
+    (_, layer_type, layer), (_, config_type, config_body), (_, tag, manifest) = reg.pushed
+    assert tag == "t" and _sha(config_body) == config
+    assert layer_type == (mutate.DOCKER_LAYER_GZIP if media_type == DOCKER_MANIFEST else mutate.OCI_LAYER_GZIP)
+    assert layer[:3] == b"\x1f\x8b\x08"
+    assert connected == (["other.example:5000"] if other else [])
+    actions = {action for action, repo, _ in reg.transfers}
+    assert actions == ({"copied"} if other else {"mounted"})
+    cfg = json.loads(config_body)
+    assert cfg["config"]["Labels"] == {"keep": "me", **LABELS}
+    assert cfg["config"]["Env"][-1] == f"COMPOSER_SPEC_HASH={SPEC}"
+    assert cfg["history"][-1]["comment"] == dl.HISTORY_COMMENT
+    assert cfg["history"][-1]["created_by"] == "composer daemonless: uv pip install --no-deps --require-hashes six==1.17.0 pkg==1.0"
+    if zlib.ZLIB_RUNTIME_VERSION == GOLDEN_ZLIB:
+        assert got == image
+    assert got == _sha(manifest)
+
+
+def test_build_with_zstd_when_available(monkeypatch):
+    """An OCI base and a zstd module: a zstd layer, the same config as with gzip."""
+    if tarball.zstd_module() is None:
+        pytest.skip("no zstd module on this machine")
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    reg = MemoryRegistry("127.0.0.1:5000")
+    digest = _seed_base(reg, OCI_MANIFEST)
+    monkeypatch.setattr(dl, "install_extras", _fake_install)
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["image"]["digest"] = digest
+    job = _job(RunRecord.from_json(record), lock=Lock(requirements=["six", "pkg"], packages=ADDED, added=ADDED), registry=reg,
+               base=ImageRef(reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC})
+    dl.DaemonlessBuilder().build(job)
+    (_, layer_type, layer), (_, _, config_body), _ = reg.pushed
+    assert layer_type == mutate.OCI_LAYER_ZSTD and layer[:4] == b"\x28\xb5\x2f\xfd"
+    assert _sha(config_body) == CONFIG
+
+
+def test_index_without_the_platform_cannot_build(monkeypatch):
+    reg = MemoryRegistry("127.0.0.1:5000")
+    digest = _seed_base(reg, OCI_MANIFEST, index=True)
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["image"]["digest"] = digest
+    record["platform"]["architecture"] = "s390x"
+    job = _job(RunRecord.from_json(record), registry=reg, base=ImageRef(reg.host, "models/a", "v1", digest))
+    with pytest.raises(CannotBuild, match="no manifest for linux/s390x"):
+        dl.DaemonlessBuilder().build(job)
+    assert reg.pushed == []

@@ -1,4 +1,4 @@
-"""composer/registry.py, the methods the daemonless builder uses (blob_size, mount_blob,
+"""composer/oci/client.py, the methods the daemonless builder uses (blob_size, mount_blob,
 upload_blob, download_blob, copy_blob), against a small in-process registry stand-in that
 can fail on purpose. The real registry is exercised in tests/integration/test_daemonless.py."""
 

@@ -1,4 +1,4 @@
-"""composer/daemonless.py: console scripts run the image's python, and RECORD stays true."""
+"""composer/builders/daemonless/layout.py: console scripts run the image's python, and RECORD stays true."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from composer.builders.daemonless import fix_scripts, python_shebang, rewrite_shebang
+from composer.builders.daemonless.layout import fix_scripts, python_shebang, rewrite_shebang
 
 BODY = b"# -*- coding: utf-8 -*-\nimport sys\nfrom pkg.cli import main\nsys.exit(main())\n"
 

@@ -1,4 +1,5 @@
-"""composer/daemonless.py: the layer is a reproducible tar, mapped onto the image's layout."""
+"""The daemonless builder's layer is a reproducible tar (composer/builders/daemonless/tarball.py),
+mapped onto the image's layout (composer/builders/daemonless/layout.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from composer.builders import daemonless as dl
-from composer.builders.daemonless import Entry, Layout, stage_entries, write_layer
+from composer.builders.base import CannotBuild
+from composer.builders.daemonless import layout, tarball
+from composer.builders.daemonless.layout import Entry, Layout, stage_entries
+from composer.builders.daemonless.tarball import write_layer
+from composer.errors import UsageError
+from composer.model.records import Image, Platform, Python, RunRecord
 
 VENV = Layout(executable="/opt/venv/bin/python3", site_packages="/opt/venv/lib/python3.11/site-packages", base="/opt/venv")
 DEBIAN = Layout(executable="/usr/bin/python3", site_packages="/usr/local/lib/python3.11/dist-packages", base="/usr/local")
@@ -29,7 +34,7 @@ def _entries():
     ]
 
 
-def _layer(entries, epoch=dl.DEFAULT_EPOCH, compression="gzip"):
+def _layer(entries, epoch=tarball.DEFAULT_EPOCH, compression="gzip"):
     out = io.BytesIO()
     layer = write_layer(entries, out, compression, epoch)
     return layer, out.getvalue()
@@ -80,10 +85,23 @@ def test_source_date_epoch_sets_mtimes(monkeypatch):
     with tarfile.open(fileobj=io.BytesIO(out.getvalue()), mode="r:gz") as tar:
         assert {m.mtime for m in tar.getmembers()} == {1234567890}
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
-    with pytest.raises(dl.UsageError):
-        dl.source_date_epoch()
+    with pytest.raises(UsageError):
+        tarball.source_date_epoch()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "-1")
+    with pytest.raises(UsageError):
+        tarball.source_date_epoch()
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
-    assert dl.source_date_epoch() == dl.DEFAULT_EPOCH
+    assert tarball.source_date_epoch() == tarball.DEFAULT_EPOCH
+
+
+def test_gzip_level_changes_the_bytes_not_the_files():
+    out4, out6 = io.BytesIO(), io.BytesIO()
+    four = write_layer(_entries() * 50, out4, "gzip", 0, gzip_level=4)
+    six = write_layer(_entries() * 50, out6, "gzip", 0)  # tarball.GZIP_LEVEL
+    assert four.diff_id == six.diff_id and four.digest != six.digest
+    assert gzip.decompress(out4.getvalue()) == gzip.decompress(out6.getvalue())
+    with pytest.raises(ValueError):
+        tarball.ParallelGzip(io.BytesIO(), level=10)
 
 
 def test_different_content_different_digest():
@@ -170,6 +188,13 @@ def test_stage_with_other_python_minor_maps_by_site_packages(tmp_path):
     assert [e.path for e in stage_entries(prefix, layout)] == ["usr/local/lib/python3.12/site-packages/m.py"]
 
 
+def _upstream(site: str) -> RunRecord:
+    """A run record whose python has this site-packages (unchecked: layout_for does the checking)."""
+    python = Python(executable="/x/python", version="3.11.2", site_packages=site)
+    return RunRecord(run="r", image=Image("127.0.0.1:5000/models/a", "sha256:" + "a" * 64), python=python,
+                     platform=Platform(), distributions=(), distributions_source="image", created="", composer_version="")
+
+
 @pytest.mark.parametrize("site, base", [
     ("/opt/venv/lib/python3.11/site-packages", "/opt/venv"),
     ("/usr/local/lib/python3.11/dist-packages", "/usr/local"),
@@ -177,15 +202,15 @@ def test_stage_with_other_python_minor_maps_by_site_packages(tmp_path):
     ("/opt/py/lib/python3.13t/site-packages/", "/opt/py"),
 ])
 def test_scheme_base(site, base):
-    up = {"python": {"site_packages": site, "executable": "/x/python"}}
-    assert dl.layout_for(up).base == base
-    assert dl.layout_for(up).scripts == base + "/bin"
+    assert layout.layout_for(_upstream(site)).base == base
+    assert layout.layout_for(_upstream(site)).scripts == base + "/bin"
+    assert layout.layout_for(_upstream(site)).executable == "/x/python"
 
 
 @pytest.mark.parametrize("site", ["/usr/lib/python3/dist-packages", "relative/lib/python3.11/site-packages", "/opt/site-packages", ""])
 def test_unknown_site_packages_layout_needs_buildkit(site):
-    with pytest.raises(dl.NeedsBuildKit):
-        dl.layout_for({"python": {"site_packages": site, "executable": "/x/python"}})
+    with pytest.raises(CannotBuild):
+        layout.layout_for(_upstream(site))
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 17])
@@ -194,7 +219,7 @@ def test_parallel_gzip_same_bytes_whatever_the_workers(size):
     outs = []
     for workers in (1, 2, 5):
         out = io.BytesIO()
-        z = dl.ParallelGzip(out, workers=workers, block=4096)
+        z = tarball.ParallelGzip(out, workers=workers, block=4096)
         for i in range(0, len(data), 1000):
             z.write(data[i : i + 1000])
         z.close()
