@@ -103,10 +103,18 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
                 protected.add(v.image.digest)
             else:
                 candidates.add(v.image.digest)
-    # Bases of kept compositions (a composed environment used as another's upstream).
-    for digest in list(protected):
+    # Bases of kept compositions (a composed environment used as another's upstream), all the
+    # way down: the base of a kept base is kept too.
+    todo, seen = list(protected), set()
+    while todo:
+        digest = todo.pop()
+        if digest in seen:
+            continue
+        seen.add(digest)
         for record, _ in build_records_of(reg, repo, digest):
-            protected.add(record.base.digest)
+            if record.base.digest not in protected:
+                protected.add(record.base.digest)
+                todo.append(record.base.digest)
     # Images that run records name: those runs must stay composable.
     runs_repo = runs_repository(settings)
     for tag in reg.tags(runs_repo):

@@ -56,8 +56,6 @@ TEMPLATE_KIND = "conda"
 ENV_FILE_SUFFIXES = (".yml", ".yaml")
 SUBDIRS = {"amd64": "linux-64", "arm64": "linux-aarch64", "ppc64le": "linux-ppc64le", "s390x": "linux-s390x"}
 STAGE_MTIME = 946684800  # 2000-01-01: the staged tree's files get one fixed time, so the tarball is reproducible
-_PACKAGE_KEYS = ("name", "version", "build", "build_number", "channel", "subdir", "url", "fn", "sha256", "md5",
-                 "depends", "constrains", "noarch")
 
 
 # -- environment.yml ----------------------------------------------------------------

@@ -45,7 +45,9 @@ _ARTIFACT_HASH = re.compile(r"^(?:sha256|sha384|sha512|md5):[a-f0-9]+\Z")
 
 
 def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """RFC 3339 UTC with microseconds: a name's newest record is the one created last, and two
+    records of one name can be written within the same second."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # -- reading untrusted JSON, one field at a time -----------------------------------------------

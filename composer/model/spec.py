@@ -41,7 +41,7 @@ def spec_document(
     }
     if frontend:  # a non-default Dockerfile frontend may build differently; absent keeps v1 hashes stable
         doc["frontend"] = frontend
-    if conda:  # a conda prefix's full lock (composer/conda.py); absent for pip-only compositions, so their v1 hashes stay
+    if conda:  # a conda prefix's full lock (composer/kinds/conda.py); absent for pip-only compositions, so their v1 hashes stay
         doc["conda"] = {
             "prefix": conda["prefix"],
             "packages": sorted(

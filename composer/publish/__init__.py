@@ -61,8 +61,9 @@ class Provenance:
     inputs: Dict[str, Optional[str]] = field(default_factory=dict)  # extra: the extras file as given
 
     def of(self, record: BuildRecord) -> bool:
-        return (record.upstream_run, record.upstream_record, record.base, record.inputs) == (
-            self.upstream_run, self.upstream_record, self.base, dict(self.inputs))
+        given = lambda inputs: {k: v for k, v in inputs.items() if v is not None}  # noqa: E731
+        return (record.upstream_run, record.upstream_record, record.base, given(record.inputs)) == (
+            self.upstream_run, self.upstream_record, self.base, given(self.inputs))
 
 
 def spec_tag(spec: str) -> str:

@@ -49,7 +49,7 @@ if os.path.isdir(os.path.join(sys.prefix, "conda-meta")):
     kind = "conda"
 elif sys.prefix != getattr(sys, "base_prefix", sys.prefix):
     kind = "venv"
-# --- conda (composer/conda.py): the prefix python runs in, or whose site-packages it imports
+# conda (composer/kinds/conda.py): the prefix python runs in, or whose site-packages it imports
 # from, or $CONDA_PREFIX; its packages as conda-meta/ lists them; micromamba if the image has one.
 conda = None
 where = [sys.prefix, os.environ.get("CONDA_PREFIX") or ""]
@@ -70,7 +70,7 @@ if where:
     mm = os.environ.get("MAMBA_EXE") or ""
     mm = mm if mm and os.access(mm, os.X_OK) else (shutil.which("micromamba") or "")
     conda = {"prefix": where[0], "packages": pkgs, "micromamba": mm or None}
-# --- end conda
+
 print(json.dumps({
     "executable": sys.executable,
     "version": platform.python_version(),

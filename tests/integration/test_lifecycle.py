@@ -101,7 +101,8 @@ def test_rebuild_on_each_trigger(env, prefix, tmp_path, model_a):
     upstream2 = f"{REGISTRY}/models/rebuild-{prefix.rsplit('/', 1)[1]}:2"
     subprocess.run([str(ROOT / "scripts" / "make-upstream.sh"), upstream2, BASE_REF, "attrs==23.2.0", "packaging==23.2"],
                    check=True, capture_output=True)
-    assert run_cli("record", "--run", "Train/1", "--image", upstream2, env=env).returncode == 0
+    assert run_cli("record", "--run", "Train/1", "--image", upstream2, env=env).returncode == 2  # another image: --update
+    assert run_cli("record", "--run", "Train/1", "--image", upstream2, "--update", env=env).returncode == 0
     r3 = _json("rebuild", env=env)["results"][0]
     assert r3["status"] == "rebuilt" and "re-recorded" in r3["reasons"][0]
     attrs = subprocess.run(["docker", "run", "--rm", r3["ref"], "python", "-c",

@@ -152,7 +152,7 @@ def test_unknown_runs_and_misplaced_steps(mf):
     assert "NoSuchFlow/42" in line and "composer record" in line and "Metaflow" in line
 
     proc = run_cli("build", "--upstream-run", "model-a-image", "--upstream-step", "train", "--extra", mf["extra"], env=mf["env"])
-    assert proc.returncode == 2 and "needs a Metaflow run" in one_error_line(proc)
+    assert proc.returncode == 2 and "needs a run whose steps have environments" in one_error_line(proc)
 
 
 def test_the_link_is_task_metadata(mf):

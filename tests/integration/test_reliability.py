@@ -170,10 +170,12 @@ def test_a_builder_that_lost_the_start_race_publishes_nothing_and_uses_the_winne
     import threading
     import time
 
-    from composer.publish import lease as lease_mod
     from composer.oci.client import Registry
+    from composer.publish import lease as lease_mod
+    from composer.settings import load_settings
 
     reg, repo, spec = Registry(REGISTRY), _path(prefix) + "/envs", "sha256:" + "ab" * 32
+    settings = load_settings({"registry": prefix}, env={})
     published = []
     winner = {}
 
@@ -182,7 +184,7 @@ def test_a_builder_that_lost_the_start_race_publishes_nothing_and_uses_the_winne
 
     def build():
         # The race: another builder's lease lands after ours was read back.
-        other = lease_mod._Lease(reg, repo, spec)
+        other = lease_mod._Lease(reg, repo, spec, settings)
         other.write()
         threading.Timer(1.0, lambda: winner.setdefault("image", "the winner's image")).start()
         lease_mod.confirm_ownership()  # what record_and_tag does before publishing
@@ -190,6 +192,6 @@ def test_a_builder_that_lost_the_start_race_publishes_nothing_and_uses_the_winne
         return "the loser's image"
 
     start = time.monotonic()
-    result, built = lease_mod.build_once(reg, repo, spec, find, build)
+    result, built = lease_mod.build_once(reg, repo, spec, find, build, settings)
     assert (result, built, published) == ("the winner's image", False, [])
     assert time.monotonic() - start >= 1.0

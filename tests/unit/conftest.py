@@ -58,6 +58,7 @@ def fake_settings(fake_registry: FakeRegistry, tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("COMPOSER_SPEC_HASH", raising=False)
     monkeypatch.delenv("COMPOSER_TEST_CRASH_AT", raising=False)
     monkeypatch.chdir(tmp_path)  # no composer.toml from wherever pytest was started
+    monkeypatch.setattr("composer.oci.transport.BACKOFF_BASE", 0.001)  # retries still happen, without the wait
     loaded = load_settings({"registry": f"{fake_registry.host}/{PREFIX}"}, env={})
     # lease_renew is longer than any build here, so a renewal never lands between the writes a test
     # checks the order of; the lease tests shorten it where they need renewals.

@@ -250,3 +250,14 @@ def test_gc_keeps_records_of_other_names_on_a_kept_image(lab):
     gc(lab.settings, keep=1, older_than_days=0, dry_run=False)
     assert {r.name for r, _ in build_records_of(lab.reg, lab.envs, a.digest)} == {"a", "b"}
     assert resolve(lab.settings, "b")[1].name == "b" and b.digest == a.digest
+
+
+def test_gc_never_deletes_the_base_of_a_base_that_is_kept(lab):
+    a1 = lab.publish("a")
+    b1 = lab.publish("b", "a", packages=[("iniconfig", "2.0.0"), ("pluggy", "1.5.0")])  # on a@1
+    lab.publish("c", "b", packages=[("iniconfig", "2.0.0"), ("pytz", "2024.1")])  # on b@1: keeps b@1
+    lab.publish("a", packages=SIX, update=True)
+    lab.publish("b", "a", packages=SIX, update=True)  # on a@2
+    report = gc(lab.settings, keep=1, older_than_days=0, dry_run=True)
+    assert b1.digest not in report["deleted"]  # protected: c's base
+    assert a1.digest not in report["deleted"]  # b@1 is kept, so its base must be too

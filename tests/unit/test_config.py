@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,31 @@ def test_env_names(tmp_path):
     assert (s.registry, s.builder, s.ca_bundle, s.index_url, s.extra_index_url, s.dockerfile_syntax, s.buildkit_host,
             s.progress) == ("r.example.com/ml", "docker", str(ca), "https://u:p@idx/simple", "https://x/simple",
                             "docker/dockerfile:1.7", "tcp://bk:1234", "plain")
+
+
+@pytest.mark.parametrize("var,value", [
+    ("COMPOSER_BUILD_TIMEOUT", "abc"), ("COMPOSER_REGISTRY_ATTEMPTS", "x"), ("COMPOSER_REGISTRY_ATTEMPTS", "0"),
+    ("COMPOSER_GZIP_LEVEL", "11"), ("COMPOSER_LEASE_STALE", "soon"), ("COMPOSER_LAYER_COMPRESSION", "brotli"),
+])
+def test_bad_tuning_value_is_one_usage_line(var, value):
+    with pytest.raises(UsageError, match=var):
+        load_settings({}, env={var: value})
+
+
+def test_tuning_values_are_parsed_once_into_settings():
+    s = load_settings({}, env={"COMPOSER_BUILD_TIMEOUT": "60", "COMPOSER_REGISTRY_ATTEMPTS": "5", "COMPOSER_LEASE_POLL": "0.1"})
+    assert (s.build_timeout, s.registry_attempts, s.lease_poll) == (60, 5, 0.1)
+
+
+def test_import_never_reads_settings():
+    """A bad value breaks the command that reads it (exit 2), never `import composer`."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COMPOSER_BUILD_TIMEOUT": "abc", "COMPOSER_REGISTRY_ATTEMPTS": "x"}
+    proc = subprocess.run([sys.executable, "-c", "import composer, composer.cli, composer.pipeline, composer.builders"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "composer", "ls", "--registry", "127.0.0.1:9/x"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("composer: error:") == 1, proc.stderr

@@ -83,20 +83,20 @@ def test_a_live_foreign_lease_makes_the_caller_wait_and_use_its_result(bare_lab)
     calls = Calls()
 
     def other_builder_finishes():
-        time.sleep(0.3)
+        time.sleep(0.15)
         calls.found = "theirs"
 
     threading.Thread(target=other_builder_finishes, daemon=True).start()
     start = time.monotonic()
     assert build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, bare_lab.settings) == ("theirs", False)
-    assert time.monotonic() - start >= 0.25 and calls.finds > 2  # polled while waiting
+    assert time.monotonic() - start >= 0.12 and calls.finds > 2  # polled while waiting
     assert calls.builds == 0
     assert current_lease(bare_lab)["owner"] == "someone-else"  # never written over
 
 
 def test_a_live_lease_held_by_a_running_process_on_this_host_is_waited_for(bare_lab):
     foreign_lease(bare_lab, host=socket.gethostname(), pid=os.getpid())
-    settings = dataclasses.replace(bare_lab.settings, lease_wait=0.3)
+    settings = dataclasses.replace(bare_lab.settings, lease_wait=0.15)
     calls = Calls()
     with pytest.raises(BuildError, match="waited too long"):
         build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, settings)
@@ -167,10 +167,10 @@ def test_confirm_ownership_outside_a_lease_does_nothing(bare_lab):
 
 
 def test_the_holder_renews_its_lease_while_building(bare_lab):
-    settings = dataclasses.replace(bare_lab.settings, lease_renew=0.05)
+    settings = dataclasses.replace(bare_lab.settings, lease_renew=0.04)
 
     def build():
-        time.sleep(0.4)  # several renewal periods
+        time.sleep(0.25)  # several renewal periods
         assert current_lease(bare_lab)["pid"] == os.getpid()
         return "built"
 
@@ -181,12 +181,12 @@ def test_the_holder_renews_its_lease_while_building(bare_lab):
 
 
 def test_the_renewer_stops_once_the_lease_is_lost(bare_lab):
-    settings = dataclasses.replace(bare_lab.settings, lease_renew=0.15)
+    settings = dataclasses.replace(bare_lab.settings, lease_renew=0.1)
 
     def build():
         # Overwritten at once, well before the first renewal is due (no read-then-write race).
         foreign_lease(bare_lab, owner="winner", host=socket.gethostname(), pid=os.getpid())
-        time.sleep(0.5)  # several renewal periods
+        time.sleep(0.35)  # several renewal periods
         return "built"
 
     build_once(bare_lab.reg, bare_lab.envs, SPEC, lambda: None, build, settings)
