@@ -33,7 +33,7 @@ demo: venv base
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/demo.sh
 
 test: venv base
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

@@ -76,5 +76,11 @@ def build_records_of(reg: Registry, repo: str, image_digest: str) -> List[Tuple[
     return out
 
 
+def newest_record(records: List[Tuple[BuildRecord, Descriptor]]) -> Tuple[BuildRecord, Descriptor]:
+    """The record created last; on a tie (the same microsecond), the one listed last, i.e. added
+    to the referrers index last."""
+    return max(enumerate(records), key=lambda item: (item[1][0].created, item[0]))[1]
+
+
 def write_build_record(reg: Registry, repo: str, record: BuildRecord, image: Descriptor) -> Descriptor:
     return push_artifact(reg, repo, record.to_json(), BUILD_RECORD_TYPE, dict(annotations_for(record)), subject=image)

@@ -11,7 +11,7 @@ from composer.model.refs import check_name
 from composer.oci import connect
 from composer.history import read_history
 from composer.settings import Settings
-from composer.store import build_records_of, envs_repository
+from composer.store import build_records_of, envs_repository, newest_record
 
 
 def resolve(settings: Settings, name: str) -> Tuple[str, BuildRecord, str]:
@@ -43,5 +43,5 @@ def resolve(settings: Settings, name: str) -> Tuple[str, BuildRecord, str]:
     if not records:
         raise VerificationError(f"{name!r} points to {digest} but no composer record describes it",
                                 "rebuild it with composer build --update")
-    record, rdesc = max(records, key=lambda r: r[0].created)
+    record, rdesc = newest_record(records)
     return f"{settings.registry_host}/{repo}@{digest}", record, rdesc.digest

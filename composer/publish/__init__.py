@@ -30,7 +30,7 @@ from composer.history import append_version
 from composer.publish.lease import build_once
 from composer.settings import Settings
 from composer.store import (
-    build_records_of, load_run_record, runs_repository, write_build_record, write_run_record,
+    build_records_of, load_run_record, newest_record, runs_repository, write_build_record, write_run_record,
 )
 from composer.upstream.runs import composed_run_record
 
@@ -110,7 +110,7 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
         found, built = build_once(reg, repo, spec, lambda: cached_image(reg, repo, spec), build_and_store, settings)
     image, records = found
     own = [r for r in records if r[0].name == name]
-    newest = max(own, key=lambda r: r[0].created) if own else None
+    newest = newest_record(own) if own else None
     if newest is None or not provenance.of(newest[0]):
         # The same content, recorded so far under another name or from another upstream:
         # this name gets a record of its own, with its own provenance.
