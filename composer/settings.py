@@ -52,6 +52,9 @@ class Settings:
     lease_renew: float = 10.0
     lease_wait: float = 3600.0  # seconds a builder waits for another's build of the same spec
     lease_poll: float = 0.5
+    # One registry client per host for the life of these settings (one command): its connection
+    # pool and bearer tokens are reused instead of every step opening and authenticating anew.
+    clients: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived locations -------------------------------------------------
     @property
@@ -154,7 +157,7 @@ def _read_toml(path: Path) -> dict:
         data = tomli.loads(path.read_text(encoding="utf-8"))
     except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere") from exc
-    known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression"}
+    known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression", "clients"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")

@@ -11,7 +11,11 @@ from composer.settings import Settings
 
 
 def connect(settings: Settings, host: Optional[str] = None) -> Registry:
-    """A client for host (default: the configured registry) with the user's TLS settings."""
-    ca = settings.ca_bundle if settings.ca_bundle and settings.ca_bundle != "none" else None
-    return Registry(host or settings.registry_host, insecure_hosts=settings.insecure_registries, ca_bundle=ca,
-                    attempts=settings.registry_attempts)
+    """The client for host (default: the configured registry) with the user's TLS settings, made
+    once per Settings. Not for another thread: give a thread `Registry.clone()`."""
+    host = host or settings.registry_host
+    if host not in settings.clients:
+        ca = settings.ca_bundle if settings.ca_bundle and settings.ca_bundle != "none" else None
+        settings.clients[host] = Registry(host, insecure_hosts=settings.insecure_registries, ca_bundle=ca,
+                                          attempts=settings.registry_attempts)
+    return settings.clients[host]

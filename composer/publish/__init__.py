@@ -89,9 +89,9 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
             build_it: Callable[[], Tuple[BuildRecord, Image]]) -> BuildResult:
     """Find or build the composition, then publish it under name (see the module's docstring).
     build_it builds and pushes the image and returns its (not yet published) record."""
-    check_name_free(reg, repo, name, spec, update)
     keys = [name] + ([run_id] if run_id else [])
-    check_run_ids_free(settings, keys)
+    found = cached_image(reg, repo, spec)
+    check_name_free(reg, repo, name, spec, update, found)
 
     def build_and_store() -> Found:
         record, _ = build_it()
@@ -104,9 +104,9 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
         store_as_upstream(settings, record, upstream, comp, keys)
         return image, [(record, desc)]
 
-    found = cached_image(reg, repo, spec)
     built = False
     if found is None:
+        check_run_ids_free(settings, keys)  # before anything is built
         found, built = build_once(reg, repo, spec, lambda: cached_image(reg, repo, spec), build_and_store, settings)
     image, records = found
     own = [r for r in records if r[0].name == name]
@@ -114,6 +114,8 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
     if newest is None or not provenance.of(newest[0]):
         # The same content, recorded so far under another name or from another upstream:
         # this name gets a record of its own, with its own provenance.
+        if not built:
+            check_run_ids_free(settings, keys)  # before anything is written
         record = with_provenance(records[0][0], name, spec, provenance)
         newest = (record, write_build_record(reg, repo, record, image))
         store_as_upstream(settings, record, upstream, comp, keys)
@@ -148,12 +150,14 @@ def cached_image(reg: Registry, repo: str, spec: str) -> Optional[Found]:
     return (desc, records) if records else None
 
 
-def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool) -> None:
-    """A name points at one composition; moving it to another needs --update."""
+def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool, found: Optional[Found] = None) -> None:
+    """A name points at one composition; moving it to another needs --update. found: the cached
+    image of spec, whose records need not be read twice when the name already points at it."""
     current = reg.head_manifest(repo, name)
     if current is None or update:
         return
-    specs = {r.spec_hash for r, _ in build_records_of(reg, repo, current.digest) if r.name == name}
+    records = found[1] if found is not None and found[0].digest == current.digest else build_records_of(reg, repo, current.digest)
+    specs = {r.spec_hash for r, _ in records if r.name == name}
     if spec not in specs:
         raise UsageError(
             f"name {name!r} already points to a different composition ({current.digest[:19]})",
@@ -166,13 +170,16 @@ def check_run_ids_free(settings: Settings, keys: List[str]) -> None:
     run ids share the runs repository, so such a clash is refused before anything is built."""
     reg = connect(settings)
     for key in keys:
-        got = load_run_record(reg, runs_repository(settings), key)
-        if got is not None and got[0].distributions_source != "composed":
-            raise UsageError(
-                f"{key!r} is already a recorded run (image {got[0].image.digest[:19]}); a composed environment "
-                f"named or run-id'd {key!r} would replace that record",
-                "pick another --name / --run-id; recorded runs are only changed with composer record --update",
-            )
+        refuse_recorded_run(key, load_run_record(reg, runs_repository(settings), key))
+
+
+def refuse_recorded_run(key: str, got: Optional[Tuple[RunRecord, str]]) -> None:
+    if got is not None and got[0].distributions_source != "composed":
+        raise UsageError(
+            f"{key!r} is already a recorded run (image {got[0].image.digest[:19]}); a composed environment "
+            f"named or run-id'd {key!r} would replace that record",
+            "pick another --name / --run-id; recorded runs are only changed with composer record --update",
+        )
 
 
 def store_as_upstream(settings: Settings, record: BuildRecord, upstream: RunRecord, comp: Composition, keys: List[str]) -> None:
@@ -189,6 +196,7 @@ def ensure_run_record(settings: Settings, record: BuildRecord, upstream: RunReco
     got = load_run_record(connect(settings), runs_repository(settings), run_id)
     if got is not None and got[0].image.digest == record.image.digest:
         return
+    refuse_recorded_run(run_id, got)
     store_as_upstream(settings, record, upstream, comp, [run_id])
 
 
