@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from composer import kinds, state
-from composer.builders import BuildJob, build_image
+from composer.builders import BuildJob, build_image, choose_builder
 from composer.dockerfile import load_template
 from composer.errors import LockConflictError
 from composer.kinds import Composition, EnvironmentKind
@@ -32,7 +32,7 @@ from composer.model.records import BuildRecord, Image, Lock as RecordLock, Locke
 from composer.model.refs import ImageRef, parse_image_ref, render_name
 from composer.model.spec import SPEC_VERSION, spec_document, spec_hash
 from composer.oci import connect
-from composer.publish import BuildResult, Provenance, publish, unique_tag
+from composer.publish import BuildResult, Provenance, cached_image, publish, unique_tag
 from composer.publish.lease import confirm_ownership
 from composer.requirements import canonical_name
 from composer.settings import Settings
@@ -44,10 +44,47 @@ from composer.version import __version__
 DEFAULT_NAME = "compose-{upstream_run}"
 
 
+Extras = Union[str, Path, Sequence[str]]  # a requirements.txt / pyproject.toml / environment.yml, or requirement strings
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything known before the registry is asked whether the composition exists."""
+
+    name: str
+    upstream: RunRecord
+    base: ImageRef
+    comp: Composition
+    provenance: Provenance
+
+
+def prepare(settings: Settings, upstream_run: str, extra: Extras, name: Optional[str] = None,
+            variables: Optional[Dict[str, str]] = None, run_id: Optional[str] = None,
+            base_update: Optional[str] = None, upstream_step: Optional[str] = None) -> Prepared:
+    """Steps 1 of the module's docstring: read, find, lock, hash. Nothing is written to the registry."""
+    settings.require_registry()
+    upstream_run = with_step(upstream_run, upstream_step)
+    path = Path(extra) if isinstance(extra, (str, Path)) else None
+    requirements = kinds.read_extras(extra)
+    values = {"upstream_run": upstream_run, **({"run_id": run_id} if run_id else {}), **(variables or {})}
+    name = render_name(name or DEFAULT_NAME, values)
+
+    upstream, upstream_record = load_run(settings, upstream_run)
+    if base_update:
+        upstream = moved_base(settings, upstream, base_update)
+    base = parse_image_ref(upstream.image.pinned)
+    kind = kinds.choose(path, upstream)
+    comp = compose(settings, kind, upstream, requirements, path, upstream_run, base)
+    # Inline extras have no file to watch: rebuild composes the recorded requirements again.
+    provenance = Provenance(upstream_run=upstream_run, upstream_record=upstream_record, base=upstream.image,
+                            inputs={"extra": str(path) if path is not None else None})
+    return Prepared(name, upstream, base, comp, provenance)
+
+
 def build(
     settings: Settings,
     upstream_run: str,
-    extra: str,
+    extra: Extras,
     name: Optional[str] = None,
     variables: Optional[Dict[str, str]] = None,
     run_id: Optional[str] = None,
@@ -60,26 +97,35 @@ def build(
     base_update: the upstream image's tag was moved (e.g. a security rebuild): compose on what
     it points at now, after checking it still holds exactly the upstream's distributions.
     """
-    settings.require_registry()
-    upstream_run = with_step(upstream_run, upstream_step)
-    path = Path(extra)
-    requirements = kinds.read_extras(path)
-    values = {"upstream_run": upstream_run, **({"run_id": run_id} if run_id else {}), **(variables or {})}
-    name = render_name(name or DEFAULT_NAME, values)
-
-    upstream, upstream_record = load_run(settings, upstream_run)
-    if base_update:
-        upstream = moved_base(settings, upstream, base_update)
-    base = parse_image_ref(upstream.image.pinned)
-    kind = kinds.choose(path, upstream)
-    comp = compose(settings, kind, upstream, requirements, path, upstream_run, base)
-    provenance = Provenance(upstream_run=upstream_run, upstream_record=upstream_record, base=upstream.image,
-                            inputs={"extra": str(extra)})
+    p = prepare(settings, upstream_run, extra, name, variables, run_id, base_update, upstream_step)
     return publish(
-        settings, connect(settings), envs_repository(settings), name=name, spec=comp.spec_hash, update=update,
-        run_id=run_id, provenance=provenance, upstream=upstream, comp=comp,
-        build_it=lambda: build_and_record(settings, name, comp, base, upstream, provenance),
+        settings, connect(settings), envs_repository(settings), name=p.name, spec=p.comp.spec_hash, update=update,
+        run_id=run_id, provenance=p.provenance, upstream=p.upstream, comp=p.comp,
+        build_it=lambda: build_and_record(settings, p.name, p.comp, p.base, p.upstream, p.provenance),
     )
+
+
+def plan(settings: Settings, upstream_run: str, extra: Extras, name: Optional[str] = None,
+         variables: Optional[Dict[str, str]] = None, run_id: Optional[str] = None,
+         upstream_step: Optional[str] = None) -> dict:
+    """`build --dry-run`: the lock, what the new layer adds, the spec hash, whether the registry
+    already has it, and the builder that would run. Nothing is built or pushed."""
+    p = prepare(settings, upstream_run, extra, name, variables, run_id, upstream_step=upstream_step)
+    repo = envs_repository(settings)
+    found = cached_image(connect(settings), repo, p.comp.spec_hash)
+    builder, reason = None, None
+    if found is None:
+        builder, reason = choose_builder(new_job(settings, p.name, p.comp, p.base, p.upstream))
+    return {
+        "name": p.name, "spec_hash": p.comp.spec_hash, "kind": p.comp.kind.name, "template": p.comp.template,
+        "upstream_run": p.provenance.upstream_run, "base": p.base.pinned(),
+        "cached": found is not None, "digest": found[0].digest if found else None,
+        "ref": f"{settings.registry_host}/{repo}@{found[0].digest}" if found else None,
+        "tag": unique_tag(p.name, p.comp.spec_hash), "builder": builder, "builder_reason": reason,
+        "requirements": list(p.comp.requirements),
+        "lock": [{"name": x["name"], "version": x["version"]} for x in p.comp.lock.packages],
+        "added": [{"name": x["name"], "version": x["version"]} for x in p.comp.lock.added],
+    }
 
 
 def compose(settings: Settings, kind: EnvironmentKind, upstream: RunRecord, requirements: List[str], path: Path,
@@ -108,27 +154,11 @@ def compose(settings: Settings, kind: EnvironmentKind, upstream: RunRecord, requ
 def build_and_record(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord,
                      provenance: Provenance) -> Tuple[BuildRecord, Image]:
     """Build and push the image, then its record (what publish calls once it holds the lease)."""
-    reg = connect(settings)
-    repo = envs_repository(settings)
-    tag = unique_tag(name, comp.spec_hash)
-    dockerfile = comp.kind.render(settings, base, upstream, comp)
-    job = BuildJob(
-        settings=settings, registry=reg, repository=repo, tag=tag, base=base, upstream=upstream, kind=comp.kind.name,
-        lock=comp.lock, spec_hash=comp.spec_hash, dockerfile=dockerfile,
-        prepare_context=lambda context: prepare_context(settings, context, dockerfile, comp, upstream),
-        labels={
-            "org.opencontainers.image.base.name": upstream.image.human_name,
-            "org.opencontainers.image.base.digest": base.digest or "",
-            "dev.composer.spec-hash": comp.spec_hash,
-            "dev.composer.template": comp.template,
-            "dev.composer.version": __version__,
-        },
-        env={"COMPOSER_SPEC_HASH": comp.spec_hash},
-    )
+    job = new_job(settings, name, comp, base, upstream)
     digest, builder = build_image(job)
     record = BuildRecord(
         name=name,
-        image=Image(f"{settings.registry_host}/{repo}", digest, tag),
+        image=Image(f"{settings.registry_host}/{job.repository}", digest, job.tag),
         base=provenance.base,
         upstream_run=provenance.upstream_run,
         upstream_record=provenance.upstream_record,
@@ -142,7 +172,7 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
         spec_hash=comp.spec_hash,
         spec_version=SPEC_VERSION,
         builder=builder,
-        dockerfile=dockerfile,  # with the daemonless builder: the Dockerfile that gives the same layer
+        dockerfile=job.dockerfile,  # with the daemonless builder: the Dockerfile that gives the same layer
         created=utc_now(),
         composer_version=__version__,
         inputs=dict(provenance.inputs),
@@ -150,6 +180,24 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
     )
     confirm_ownership()  # a builder that lost a start-up race publishes nothing
     return record, record.image
+
+
+def new_job(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord) -> BuildJob:
+    dockerfile = comp.kind.render(settings, base, upstream, comp)
+    return BuildJob(
+        settings=settings, registry=connect(settings), repository=envs_repository(settings),
+        tag=unique_tag(name, comp.spec_hash), base=base, upstream=upstream, kind=comp.kind.name,
+        lock=comp.lock, spec_hash=comp.spec_hash, dockerfile=dockerfile,
+        prepare_context=lambda context: prepare_context(settings, context, dockerfile, comp, upstream),
+        labels={
+            "org.opencontainers.image.base.name": upstream.image.human_name,
+            "org.opencontainers.image.base.digest": base.digest or "",
+            "dev.composer.spec-hash": comp.spec_hash,
+            "dev.composer.template": comp.template,
+            "dev.composer.version": __version__,
+        },
+        env={"COMPOSER_SPEC_HASH": comp.spec_hash},
+    )
 
 
 def prepare_context(settings: Settings, context: Path, dockerfile: str, comp: Composition, upstream: RunRecord) -> Dict[str, str]:

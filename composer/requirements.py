@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import tomli
 from packaging.requirements import InvalidRequirement, Requirement
@@ -88,6 +88,21 @@ def read_requirements(path: Path) -> List[str]:
             reqs.append(parse_requirement(line, f"{path}:{number}"))
     if not reqs:
         raise UsageError(f"extras file {path} lists no requirements", "add at least one requirement, e.g. shap>=0.45")
+    return sorted({str(r) for r in reqs})
+
+
+def read_requirement_list(items: Sequence[str]) -> List[str]:
+    """Extras given inline (composer.build(extra=["pandas>=2.2", ...])), read by the same rules as a file."""
+    if isinstance(items, (str, bytes)) or not all(isinstance(i, str) for i in items):
+        raise UsageError("inline extras must be a list of requirement strings", 'e.g. extra=["pandas>=2.2", "shap"]')
+    reqs = []
+    for number, line in enumerate(items, 1):
+        line = line.strip()
+        if line.startswith("-") or "\n" in line:
+            raise UsageError(f"inline extra #{number} {line[:40]!r} is not a requirement", "one requirement per item, no options")
+        reqs.append(parse_requirement(line, f"inline extra #{number}"))
+    if not reqs:
+        raise UsageError("the inline extras list is empty", "add at least one requirement, e.g. shap>=0.45")
     return sorted({str(r) for r in reqs})
 
 

@@ -18,31 +18,46 @@ from typing import Optional, Tuple
 from composer.builders import buildkit, daemonless
 from composer.builders.base import Builder, BuildJob, CannotBuild
 from composer.errors import BuildError
+from composer.settings import Settings
 
-__all__ = ["Builder", "BuildJob", "CannotBuild", "build_image"]
+__all__ = ["Builder", "BuildJob", "CannotBuild", "build_image", "choose_builder"]
 
 
-def build_image(job: BuildJob) -> Tuple[str, str]:
-    """Build job's image and push it to job.target: (image digest, builder name).
+def choose_builder(job: BuildJob) -> Tuple[Builder, Optional[str]]:
+    """The builder to try first, and why not the daemonless one (None when it is chosen).
 
-    `auto` uses the daemonless builder when it can, else BuildKit, saying why on stderr (also
-    when the daemonless build finds out mid-way that it cannot: a package without a wheel);
-    `--builder daemonless` fails with one line saying why instead; a named BuildKit builder
-    (buildctl, buildx, docker) is used as it is."""
+    `auto` uses the daemonless builder when it can, else BuildKit; `--builder daemonless`
+    fails with one line saying why instead; a named BuildKit builder (buildctl, buildx,
+    docker) is used as it is."""
     settings = job.settings
     reason: Optional[str] = None
     if settings.builder in ("auto", "daemonless"):
-        cause: Optional[CannotBuild] = None
         reason = daemonless.unsupported_reason(job)
         if reason is None:
-            try:
-                return daemonless.DaemonlessBuilder().build(job), "daemonless"
-            except CannotBuild as exc:
-                reason, cause = exc.reason, exc
-        if settings.builder == "daemonless":
-            raise BuildError(f"--builder daemonless cannot build this image: {reason}",
-                             "use --builder auto to fall back to BuildKit, or change what makes it unsupported") from cause
-        if settings.progress != "quiet":
-            print(f"composer: building with BuildKit: the daemonless builder cannot ({reason})", file=sys.stderr)
-    builder = buildkit.detect(settings)
+            return daemonless.DaemonlessBuilder(), None
+        refuse_daemonless(settings, reason)
+    return buildkit.detect(settings), reason
+
+
+def refuse_daemonless(settings: Settings, reason: str, cause: Optional[BaseException] = None) -> None:
+    if settings.builder == "daemonless":
+        raise BuildError(f"--builder daemonless cannot build this image: {reason}",
+                         "use --builder auto to fall back to BuildKit, or change what makes it unsupported") from cause
+
+
+def build_image(job: BuildJob) -> Tuple[str, str]:
+    """Build job's image and push it to job.target with the builder choose_builder picks:
+    (image digest, builder name). A daemonless build that finds out mid-way that it cannot (a
+    package without a wheel) falls back to BuildKit under `auto`; BuildKit says why on stderr."""
+    settings = job.settings
+    builder, reason = choose_builder(job)
+    if reason is None and settings.builder in ("auto", "daemonless"):  # the daemonless builder was chosen
+        try:
+            return builder.build(job), "daemonless"
+        except CannotBuild as exc:
+            refuse_daemonless(settings, exc.reason, exc)
+            reason = exc.reason
+            builder = buildkit.detect(settings)
+    if reason and settings.progress != "quiet":
+        print(f"composer: building with BuildKit: the daemonless builder cannot ({reason})", file=sys.stderr)
     return builder.build(job), builder.name

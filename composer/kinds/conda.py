@@ -71,8 +71,8 @@ class EnvironmentFile:
         return [f"channel:{c}" for c in self.channels] + [f"conda:{s}" for s in self.conda] + list(self.pip)
 
 
-def is_environment_file(path: Path) -> bool:
-    return path.suffix.lower() in ENV_FILE_SUFFIXES
+def is_environment_file(path: Optional[Path]) -> bool:
+    return path is not None and path.suffix.lower() in ENV_FILE_SUFFIXES
 
 
 def read_environment_file(path: Path) -> EnvironmentFile:
