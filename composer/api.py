@@ -3,7 +3,8 @@ and composer.toml unless given; every function returns digests, never bare tags.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from composer import metaflow_link  # registers Metaflow as a run source and pull hook (no Metaflow import)
 from composer.catalog import resolve
@@ -16,6 +17,8 @@ from composer.upstream.runs import record_run
 
 __all__ = ["build", "metaflow_link", "pull", "record", "ref", "show"]
 
+_REFS: Dict[Tuple[str, Optional[str]], str] = {}
+
 
 def _settings(settings: Optional[Settings], registry: Optional[str]) -> Settings:
     return settings or load_settings({"registry": registry})
@@ -23,7 +26,7 @@ def _settings(settings: Optional[Settings], registry: Optional[str]) -> Settings
 
 def build(
     upstream_run: str,
-    extra: str,
+    extra: Union[str, Path, Sequence[str]],
     name: Optional[str] = None,
     *,
     variables: Optional[Dict[str, str]] = None,
@@ -34,6 +37,9 @@ def build(
     upstream_step: Optional[str] = None,
 ) -> BuildResult:
     """Compose (or find) the image for upstream_run + extra; see BuildResult for the fields.
+
+    extra: a requirements.txt, pyproject.toml or environment.yml path, or requirement strings
+    (["pandas>=2.2", "shap"]), as flytekit's ImageSpec(packages=...) takes them.
 
     upstream_run may be a Metaflow run pathspec (Flow/Run[/step]); upstream_step picks the step
     whose environment to use when the run's steps used different ones."""
@@ -47,11 +53,16 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
     Use it where a step's image is declared: @kubernetes(image=composer.ref("explainer-...")).
     A name template (with {placeholders}, e.g. "explainer-{model}-{run_id}") names an environment
     built later in the same run: it returns a LaunchRef, resolved when Metaflow launches the step
-    (see composer/metaflow_link.py).
+    (see composer/metaflow_link.py). The answer is kept for the life of the process: a name
+    moved later (--update) is seen by the next process, and composer.pull still verifies at step start.
     """
     if "{" in name:  # Metaflow: resolved at launch
         return LaunchRef(name, registry=registry, settings=settings)
-    return resolve(_settings(settings, registry), name)[0]
+    s = _settings(settings, registry)
+    key = (name, s.registry)
+    if key not in _REFS:  # once per process: a flow file is imported again in every task
+        _REFS[key] = resolve(s, name)[0]
+    return _REFS[key]
 
 
 def pull(name: str, *, use_docker: bool = True, registry: Optional[str] = None, settings: Optional[Settings] = None) -> dict:

@@ -368,6 +368,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             if note:
                 print(f"composer: warning: {note}", file=sys.stderr)
         out = run(args)
+        text = json.dumps(out, sort_keys=True) if args.json else HUMAN[args.command](out)
     except ComposerError as exc:
         return _fail(exc.exit_code, exc.one_line(), as_json)
     except KeyboardInterrupt:
@@ -376,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if os.environ.get("COMPOSER_DEBUG"):
             traceback.print_exc()
         return _fail(EXIT_INTERNAL, f"internal error: {type(exc).__name__}: {exc}; rerun with COMPOSER_DEBUG=1 and report it", as_json)
-    print(json.dumps(out, sort_keys=True) if args.json else HUMAN[args.command](out))
+    print(text)
     if args.command == "rebuild":
         for r in out["results"]:
             if r["status"] == "error":

@@ -115,7 +115,8 @@ def plan(settings: Settings, upstream_run: str, extra: Extras, name: Optional[st
     found = cached_image(connect(settings), repo, p.comp.spec_hash)
     builder, reason = None, None
     if found is None:
-        builder, reason = choose_builder(new_job(settings, p.name, p.comp, p.base, p.upstream))
+        chosen, reason = choose_builder(new_job(settings, p.name, p.comp, p.base, p.upstream))
+        builder = chosen.name
     return {
         "name": p.name, "spec_hash": p.comp.spec_hash, "kind": p.comp.kind.name, "template": p.comp.template,
         "upstream_run": p.provenance.upstream_run, "base": p.base.pinned(),

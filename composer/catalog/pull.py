@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 from composer.catalog import resolve
 from composer.errors import EnvironmentProblem, VerificationError
 from composer.model.records import BuildRecord
+from composer.progress import progress_bar
 from composer.requirements import canonical_name
 from composer.settings import Settings
 
@@ -57,7 +58,7 @@ def verify_running(record: BuildRecord, name: str) -> None:
             )
 
 
-def pull_image(ref: str, spec: str) -> bool:
+def pull_image(ref: str, spec: str, settings: Optional[Settings] = None, label: Optional[str] = None) -> bool:
     """Fetch ref (REPO@sha256:...) into the local engine unless present; check its spec label.
     Returns False when there is no Docker engine to pull into."""
     try:
@@ -75,13 +76,31 @@ def pull_image(ref: str, spec: str) -> bool:
         try:
             image = client.images.get(ref)
         except docker.errors.ImageNotFound:
-            image = client.images.pull(repo, tag=digest)
+            _pull_with_progress(client, settings or Settings(progress="quiet"), repo, digest, label or repo)
+            image = client.images.get(ref)
     except docker.errors.APIError as exc:
         raise EnvironmentProblem(f"Docker could not pull {ref}: {exc.explanation or exc}", "check the engine's access to the registry") from exc
     label = (image.labels or {}).get("dev.composer.spec-hash")
     if label != spec:
         raise VerificationError(f"image {ref} carries spec {label} but its record says {spec}", "rebuild the environment")
     return True
+
+
+def _pull_with_progress(client, settings: Settings, repo: str, digest: str, label: str) -> None:
+    """docker pull, its layers' download bytes summed into one bar on a terminal."""
+    import docker.errors
+
+    seen: dict = {}
+    with progress_bar(settings, f"pulling {label} ({digest[7:19]})") as advance:
+        for event in client.api.pull(repo, tag=digest, stream=True, decode=True):
+            if event.get("error"):
+                raise docker.errors.APIError(event["error"])
+            detail = event.get("progressDetail") or {}
+            if event.get("status") == "Downloading" and detail.get("total"):
+                layer = event.get("id")
+                before = seen.get(layer, (0, 0))
+                seen[layer] = (detail.get("current") or 0, detail["total"])
+                advance(seen[layer][0] - before[0], total=sum(t for _, t in seen.values()))
 
 
 def pull(settings: Settings, name: str, use_docker: bool = True, in_image: Optional[bool] = None) -> dict:
@@ -93,7 +112,7 @@ def pull(settings: Settings, name: str, use_docker: bool = True, in_image: Optio
         verify_running(record, name)
         out["verified_running"] = True
     elif use_docker:
-        out["pulled"] = pull_image(ref, record.spec_hash)
+        out["pulled"] = pull_image(ref, record.spec_hash, settings, name)
     for hook in AFTER_PULL:
         out.update(hook(settings, out))
     return out

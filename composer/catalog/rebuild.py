@@ -59,7 +59,9 @@ def rebuild(settings: Settings, wanted: List[str], dry_run: bool = False) -> dic
                 results.append(entry)
                 continue
             extra = record.inputs.get("extra")
-            if not extra or not Path(extra).exists():
+            if extra is None and record.conda is None:
+                extra = list(record.lock.requirements)  # given inline: compose the recorded requirements again
+            elif not extra or not Path(extra).exists():
                 raise ComposerError(f"the extras file {name!r} was built from ({extra}) is not here",
                                     "run rebuild where the build ran (the path is relative to it)")
             reasons, moved = triggers(settings, record)

@@ -39,7 +39,7 @@ def test_pull_outside_the_image_resolves_and_verifies_the_record(lab, built, mon
 
 def test_pull_with_docker_pulls_the_recorded_digest(lab, built, monkeypatch):
     pulled = []
-    monkeypatch.setattr(pull_module, "pull_image", lambda ref, spec: pulled.append((ref, spec)) or True)
+    monkeypatch.setattr(pull_module, "pull_image", lambda ref, spec, *progress: pulled.append((ref, spec)) or True)
     got = pull(lab.settings, NAME, in_image=False)
     assert pulled == [(built.ref, built.spec_hash)] and got["pulled"] is True
 
