@@ -15,7 +15,10 @@ from composer.catalog import listing as catalog
 from composer.catalog import resolve
 from composer.catalog.pull import pull
 from composer.catalog.rebuild import rebuild
-from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
+from composer.catalog import transfer
+from composer.catalog.check import check
+from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, EXIT_VERIFY, ComposerError, UsageError
+from composer.replay import build_from_record
 from composer.settings import BUILDERS, load_settings
 from composer.upstream.runs import record_run, run_history
 from composer.version import __version__
@@ -51,14 +54,17 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("build", help="compose an image: upstream environment + extras; prints its digest")
-    p.add_argument("--upstream-run", required=True, help="run whose environment to start from (a Metaflow run: Flow/Run[/step])")
+    p.add_argument("--upstream-run", help="run whose environment to start from (a Metaflow run: Flow/Run[/step])")
     p.add_argument("--upstream-step", help="Metaflow step whose environment to use, when the run's steps used different ones")
-    p.add_argument("--extra", required=True, help="requirements.txt or pyproject.toml with the extra packages")
+    p.add_argument("--extra", help="requirements.txt or pyproject.toml with the extra packages")
     p.add_argument("--name", help="environment name or template, e.g. 'explainer-{model}-{run_id}' (default compose-{upstream_run})")
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="value for a {KEY} in the name template")
     p.add_argument("--run-id", help="this run's id: fills {run_id} and records the environment for this run")
     p.add_argument("--update", action="store_true", help="let NAME move to a different composition")
     p.add_argument("--micromamba", metavar="PATH", help="host micromamba for conda installs, bind-mounted into the build step (MAMBA_EXE)")
+    # -- disaster recovery (issue 13): build --from-record --------------------------------------
+    p.add_argument("--from-record", metavar="FILE", help="rebuild the composition a build record describes "
+                   "(composer show NAME --json > FILE); instead of --upstream-run and --extra")
     _common(p)
 
     for cmd, text in (("ref", "print REPO@sha256:... for an environment name"), ("show", "print an environment's record")):
@@ -94,6 +100,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--no-docker", action="store_true", help="do not pull into a local Docker engine")
     _common(p)
+
+    # -- disaster recovery (issue 13): export, import, mirror, check ----------------------------
+    p = sub.add_parser("export", help="write names, versions (NAME@N) or runs, with their records and history, to an OCI archive")
+    p.add_argument("targets", nargs="*", metavar="NAME|NAME@N|RUN", help="what to export (default: every name)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write (an OCI image layout tar)")
+    p.add_argument("--without-base", action="store_true", help="leave out the upstream image's layers (kept elsewhere)")
+    _common(p)
+    p = sub.add_parser("import", help="restore an archive from composer export into a registry (--registry)")
+    p.add_argument("file")
+    p.add_argument("--update", action="store_true", help="move names and runs that point elsewhere (recorded in their history)")
+    _common(p)
+    p = sub.add_parser("mirror", help="copy what another registry lacks, incrementally (HEAD first, mount where possible)")
+    p.add_argument("targets", nargs="*", metavar="NAME|NAME@N|RUN", help="what to mirror (default: every name)")
+    p.add_argument("--to", required=True, metavar="HOST/PREFIX", help="the registry to copy to")
+    p.add_argument("--update", action="store_true", help="move names and runs that point elsewhere there")
+    _common(p)
+    p = sub.add_parser("check", help=f"walk names, records, images, layers and run records; exit {EXIT_VERIFY} on anything missing or wrong")
+    p.add_argument("names", nargs="*", metavar="NAME", help="what to check (default: every name and run record)")
+    p.add_argument("--deep", action="store_true", help="download every blob and check its digest (default: HEAD, size)")
+    _common(p)
     return top
 
 
@@ -126,6 +152,23 @@ def run(args: argparse.Namespace) -> dict:
         rec, digest = record_run(settings, args.run, args.image, args.requirements, update=args.update)
         return {"run": rec.run, "image": rec.image.pinned, "record": digest, "python": rec.python.version,
                 "distributions": len(rec.distributions)}
+    # -- disaster recovery (issue 13) ----------------------------------------------------------
+    if args.command == "build" and args.from_record:
+        if args.upstream_run or args.extra:
+            raise UsageError("--from-record takes the upstream and the extras from the record",
+                             "drop --upstream-run and --extra")
+        return build_from_record(settings, args.from_record, args.name, args.update, args.run_id)
+    if args.command == "export":
+        return transfer.export(settings, args.targets, args.output, args.without_base)
+    if args.command == "import":
+        return transfer.import_archive(settings, args.file, args.update)
+    if args.command == "mirror":
+        return transfer.mirror(settings, args.to, args.targets, args.update)
+    if args.command == "check":
+        return check(settings, args.names, args.deep)
+    if args.command == "build" and not (args.upstream_run and args.extra):
+        raise UsageError("build needs --upstream-run and --extra (or --from-record FILE)", "see 'composer build --help'")
+    # -------------------------------------------------------------------------------------------
     if args.command == "build":
         result = pipeline.build(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id, args.update,
                                upstream_step=args.upstream_step)
@@ -153,6 +196,21 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _human(command: str, out: dict) -> str:
+    # -- disaster recovery (issue 13) ----------------------------------------------------------
+    if command == "export":
+        return (f"exported {', '.join(out['names']) or 'nothing named'} ({len(out['runs'])} run record(s), {out['manifests']} manifests, "
+                f"{out['blobs']} blobs, {out['bytes'] / 1e6:.1f} MB) to {out['file']}")
+    if command in ("import", "mirror"):
+        b, m = out["blobs"], out["manifests"]
+        return (f"{command}ed into {out['registry']}: {m['written']} manifest(s) written, {m['present']} present; blobs "
+                f"{b['uploaded'] + b['copied']} sent ({out['bytes'] / 1e6:.1f} MB), {b['mounted']} mounted, {b['present']} present"
+                + "".join(f"\nkept {t} (already points elsewhere)" for t in out["tags"]["kept"]))
+    if command == "check":
+        lines = [f"{p['problem']}: {p['what']} at {p['where']}" + (f" ({p['detail']})" if p["detail"] else "") for p in out["problems"]]
+        c = out["checked"]
+        return "\n".join(lines + [f"{'ok' if out['ok'] else f'{len(lines)} problem(s)'}: {c['names']} name(s), {c['images']} image(s), "
+                                  f"{c['blobs']} blob(s), {c['records']} record(s), {c['run_records']} run record(s) checked"])
+    # -------------------------------------------------------------------------------------------
     if command == "ref":
         return out["ref"]
     if command == "history":
@@ -208,6 +266,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return failed[0]["exit_code"]
         if out["dry_run"] and out["changed"]:
             return EXIT_STALE
+    if args.command == "check" and not out["ok"]:  # disaster recovery (issue 13): rot found
+        return EXIT_VERIFY
     if args.command == "build" and not args.json:
         state = "cache hit, nothing built" if out["cached"] else f"built with {out['builder']}"
         print(f"composer: {out['name']} -> {out['tag']} ({state}; record {out['record'][:19]})", file=sys.stderr)

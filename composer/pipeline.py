@@ -106,8 +106,10 @@ def compose(settings: Settings, kind: EnvironmentKind, upstream: RunRecord, requ
 
 
 def build_and_record(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord,
-                     provenance: Provenance) -> Tuple[BuildRecord, Image]:
-    """Build and push the image, then its record (what publish calls once it holds the lease)."""
+                     provenance: Provenance, image_version: str = __version__) -> Tuple[BuildRecord, Image]:
+    """Build and push the image, then its record (what publish calls once it holds the lease).
+    image_version: the composer version the image's label names (a rebuild from a record keeps
+    the record's, so the image is the same)."""
     reg = connect(settings)
     repo = envs_repository(settings)
     tag = unique_tag(name, comp.spec_hash)
@@ -121,7 +123,7 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
             "org.opencontainers.image.base.digest": base.digest or "",
             "dev.composer.spec-hash": comp.spec_hash,
             "dev.composer.template": comp.template,
-            "dev.composer.version": __version__,
+            "dev.composer.version": image_version,
         },
         env={"COMPOSER_SPEC_HASH": comp.spec_hash},
     )
