@@ -17,12 +17,14 @@ from typing import Callable, Dict, List, Optional
 
 from composer import metaflow_link  # noqa: F401  (imported to register Metaflow as a run source and pull hook)
 from composer import pipeline
-from composer.catalog import compare, resolve
+from composer.catalog import compare, resolve, transfer
 from composer.catalog import listing as catalog
+from composer.catalog.check import check
 from composer.catalog.pull import pull
 from composer.catalog.rebuild import rebuild
-from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, ComposerError, UsageError
+from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, EXIT_VERIFY, ComposerError, UsageError
 from composer.namesake import namesake_warning
+from composer.replay import build_from_record
 from composer.settings import BUILDERS, load_settings
 from composer.upstream.runs import record_run, run_history
 from composer.version import __version__
@@ -83,6 +85,14 @@ COMMANDS: Dict[str, tuple] = {
            ["composer gc --keep 5 --older-than 30 --dry-run"]),
     "rebuild": ("rebuild what a trigger made stale (every environment when no NAME is given)",
                 ["composer rebuild --dry-run    # exit 10 when something is stale", "composer rebuild explainer-a"]),
+    "export": ("write names, versions (NAME@N) or runs, with their records and history, to an OCI archive", [
+        "composer export explainer-a explainer-b -o envs.tar", "composer export explainer-a@2 --without-base -o a2.tar"]),
+    "import": ("restore an archive from composer export into a registry (--registry)", [
+        "composer --registry backup.example.com/ml import envs.tar"]),
+    "mirror": ("copy what another registry lacks, incrementally (HEAD first, mount where possible)", [
+        "composer mirror --to backup.example.com/ml", "composer mirror --to backup.example.com/ml explainer-a"]),
+    "check": ("walk names, records, images, layers and run records; exit 7 on anything missing or wrong", [
+        "composer check", "composer check explainer-a --deep"]),
     "completion": ("print a shell completion script", ['eval "$(composer completion bash)"',
                                                        "composer completion zsh > ~/.zfunc/_composer"]),
 }
@@ -110,9 +120,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--update", action="store_true", help="re-record a run already recorded with another image (the old record stays in its history)")
 
     p = command("build")
-    p.add_argument("--upstream-run", required=True, help="run whose environment to start from (a Metaflow run: Flow/Run[/step])")
+    p.add_argument("--upstream-run", help="run whose environment to start from (a Metaflow run: Flow/Run[/step]); required")
     p.add_argument("--upstream-step", help="Metaflow step whose environment to use, when the run's steps used different ones")
-    p.add_argument("--extra", required=True, help="requirements.txt, pyproject.toml or environment.yml with the extra packages")
+    p.add_argument("--extra", help="requirements.txt, pyproject.toml or environment.yml with the extra packages; required")
+    p.add_argument("--from-record", metavar="FILE", help="rebuild the composition a build record describes "
+                   "(composer show NAME --json > FILE), instead of --upstream-run and --extra")
     p.add_argument("--name", help="environment name or template, e.g. 'explainer-{model}-{run_id}' (default compose-{upstream_run})")
     p.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="value for a {KEY} in the name template")
     p.add_argument("--run-id", help="this run's id: fills {run_id} and records the environment for this run")
@@ -157,6 +169,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help=f"only report; exit {EXIT_STALE} when something is stale")
     _build_flags(p)
 
+    p = command("export")
+    p.add_argument("targets", nargs="*", metavar="NAME|NAME@N|RUN", help="what to export (default: every name)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write (an OCI image layout tar)")
+    p.add_argument("--without-base", action="store_true", help="leave out the upstream image's layers (kept elsewhere)")
+
+    p = command("import")
+    p.add_argument("file", help="an archive composer export wrote")
+    p.add_argument("--update", action="store_true", help="move names and runs that point elsewhere (recorded in their history)")
+
+    p = command("mirror")
+    p.add_argument("targets", nargs="*", metavar="NAME|NAME@N|RUN", help="what to mirror (default: every name)")
+    p.add_argument("--to", required=True, metavar="HOST/PREFIX", help="the registry to copy to")
+    p.add_argument("--update", action="store_true", help="move names and runs that point elsewhere there")
+
+    p = command("check")
+    p.add_argument("names", nargs="*", metavar="NAME", help="what to check (default: every name and run record)")
+    p.add_argument("--deep", action="store_true", help="download every blob and check its digest (default: HEAD, size)")
+
     p = command("completion")
     p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
     return top
@@ -191,6 +221,22 @@ def run(args: argparse.Namespace) -> dict:
         rec, digest = record_run(settings, args.run, args.image, args.requirements, update=args.update)
         return {"run": rec.run, "image": rec.image.pinned, "record": digest, "python": rec.python.version,
                 "distributions": len(rec.distributions)}
+    if c == "build" and args.from_record:
+        if args.upstream_run or args.extra or args.dry_run:
+            raise UsageError("--from-record takes the upstream and the extras from the record",
+                             "drop --upstream-run, --extra and --dry-run")
+        return build_from_record(settings, args.from_record, args.name, args.update, args.run_id)
+    if c == "build" and not (args.upstream_run and args.extra):
+        missing = " and ".join(f for f, v in (("--upstream-run", args.upstream_run), ("--extra", args.extra)) if not v)
+        raise UsageError(f"build needs {missing}", "pass --upstream-run RUN --extra FILE, or --from-record FILE")
+    if c == "export":
+        return transfer.export(settings, args.targets, args.output, args.without_base)
+    if c == "import":
+        return transfer.import_archive(settings, args.file, args.update)
+    if c == "mirror":
+        return transfer.mirror(settings, args.to, args.targets, args.update)
+    if c == "check":
+        return check(settings, args.names, args.deep)
     if c == "build":
         how = pipeline.plan if args.dry_run else pipeline.build
         kw = {} if args.dry_run else {"update": args.update}
@@ -292,7 +338,26 @@ def _plan(out: dict) -> str:
     return "\n".join(lines)
 
 
+def _transferred(command: str, out: dict) -> str:
+    b, m = out["blobs"], out["manifests"]
+    return (f"{command}ed into {out['registry']}: {m['written']} manifest(s) written, {m['present']} present; blobs "
+            f"{b['uploaded'] + b['copied']} sent ({out['bytes'] / 1e6:.1f} MB), {b['mounted']} mounted, {b['present']} present"
+            + "".join(f"\nkept {t} (already points elsewhere)" for t in out["tags"]["kept"]))
+
+
+def _checked(out: dict) -> str:
+    lines = [f"{p['problem']}: {p['what']} at {p['where']}" + (f" ({p['detail']})" if p["detail"] else "") for p in out["problems"]]
+    c = out["checked"]
+    return "\n".join(lines + [f"{'ok' if out['ok'] else f'{len(lines)} problem(s)'}: {c['names']} name(s), {c['images']} image(s), "
+                              f"{c['blobs']} blob(s), {c['records']} record(s), {c['run_records']} run record(s) checked"])
+
+
 HUMAN: Dict[str, Callable[[dict], str]] = {
+    "export": lambda o: (f"exported {', '.join(o['names']) or 'nothing named'} ({len(o['runs'])} run record(s), "
+                         f"{o['manifests']} manifests, {o['blobs']} blobs, {o['bytes'] / 1e6:.1f} MB) to {o['file']}"),
+    "import": lambda o: _transferred("import", o),
+    "mirror": lambda o: _transferred("mirror", o),
+    "check": _checked,
     "ref": lambda o: o["ref"],
     "build": lambda o: _plan(o) if "kind" in o else o["ref"],
     "pull": lambda o: o["ref"],
@@ -387,6 +452,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return failed[0]["exit_code"]
         if out["dry_run"] and out["changed"]:
             return EXIT_STALE
+    if args.command == "check" and not out["ok"]:  # rot found
+        return EXIT_VERIFY
     if args.command == "build" and not args.json and not quiet and "kind" not in out:
         state = "cache hit, nothing built" if out["cached"] else f"built with {out['builder']}"
         print(f"composer: {out['name']} -> {out['tag']} ({state}; record {out['record'][:19]})", file=sys.stderr)

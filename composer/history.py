@@ -70,11 +70,7 @@ def read_history(reg: Registry, repo: str, name: str) -> List[Version]:
     got = reg.get_manifest(repo, history_tag(name))
     if got is None:
         return []
-    index = json.loads(got[0])
-    entries = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(entries, list):
-        raise VerificationError(f"the history of {name!r} is not an OCI index", "the registry content is corrupt or tampered with")
-    return [_parse(m, f"of {name!r}") for m in entries]
+    return parse_history(got[0], name)
 
 
 def append_version(reg: Registry, repo: str, name: str, image: Descriptor, record: str, spec_hash: str,
@@ -100,11 +96,27 @@ def append_version(reg: Registry, repo: str, name: str, image: Descriptor, recor
     raise RegistryError(f"could not update the history of {name!r}", "retry the command")
 
 
-def rewrite_history(reg: Registry, repo: str, name: str, keep: List[Version]) -> None:
-    """Replace the history with the kept versions (gc); numbers stay as they were."""
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "annotations": {"dev.composer.history": name}, "manifests": [
+def history_index(name: str, keep: List[Version]) -> bytes:
+    """The history index holding exactly the given versions (numbers as they were)."""
+    return canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "annotations": {"dev.composer.history": name}, "manifests": [
         {"mediaType": v.image.media_type, "digest": v.image.digest, "size": v.image.size, "annotations": {
             k: val for k, val in {A_VERSION: str(v.number), A_RECORD: v.record, A_SPEC: v.spec_hash, A_CREATED: v.created,
                                   A_REASON: v.reason, A_ALIAS_OF: v.alias_of}.items() if val}}
-        for v in keep]}
-    reg.put_manifest(repo, history_tag(name), canonical_json(index), OCI_INDEX)
+        for v in keep]})
+
+
+def parse_history(body: bytes, name: str) -> List[Version]:
+    """The versions of a history index's bytes (read_history, for bytes from elsewhere: an archive)."""
+    try:
+        index = json.loads(body)
+    except ValueError as exc:
+        raise VerificationError(f"the history of {name!r} is not JSON", "the content is corrupt") from exc
+    entries = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        raise VerificationError(f"the history of {name!r} is not an OCI index", "the registry content is corrupt or tampered with")
+    return [_parse(m, f"of {name!r}") for m in entries]
+
+
+def rewrite_history(reg: Registry, repo: str, name: str, keep: List[Version]) -> None:
+    """Replace the history with the kept versions (gc); numbers stay as they were."""
+    reg.put_manifest(repo, history_tag(name), history_index(name, keep), OCI_INDEX)

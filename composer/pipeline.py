@@ -153,9 +153,11 @@ def compose(settings: Settings, kind: EnvironmentKind, upstream: RunRecord, requ
 
 
 def build_and_record(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord,
-                     provenance: Provenance) -> Tuple[BuildRecord, Image]:
-    """Build and push the image, then its record (what publish calls once it holds the lease)."""
-    job = new_job(settings, name, comp, base, upstream)
+                     provenance: Provenance, image_version: str = __version__) -> Tuple[BuildRecord, Image]:
+    """Build and push the image, then its record (what publish calls once it holds the lease).
+    image_version: the composer version the image's label names (a rebuild from a record keeps
+    the record's, so the image is the same)."""
+    job = new_job(settings, name, comp, base, upstream, image_version)
     digest, builder = build_image(job)
     record = BuildRecord(
         name=name,
@@ -183,7 +185,8 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
     return record, record.image
 
 
-def new_job(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord) -> BuildJob:
+def new_job(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord,
+            image_version: str = __version__) -> BuildJob:
     dockerfile = comp.kind.render(settings, base, upstream, comp)
     return BuildJob(
         settings=settings, registry=connect(settings), repository=envs_repository(settings),
@@ -195,7 +198,7 @@ def new_job(settings: Settings, name: str, comp: Composition, base: ImageRef, up
             "org.opencontainers.image.base.digest": base.digest or "",
             "dev.composer.spec-hash": comp.spec_hash,
             "dev.composer.template": comp.template,
-            "dev.composer.version": __version__,
+            "dev.composer.version": image_version,
         },
         env={"COMPOSER_SPEC_HASH": comp.spec_hash},
     )

@@ -71,6 +71,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with proxy.lock:
             proxy.count += 1
             n = proxy.count
+            proxy.bytes_up += len(body or b"")
         if proxy.mode == "reset" and n <= proxy.failures:
             self.connection.shutdown(socket.SHUT_RDWR)  # a reset: no answer at all
             self.close_connection = True
@@ -81,17 +82,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+        dropped = ("content-length",) if proxy.keep_host else ("host", "content-length")
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
         r = requests.request(self.command, f"http://{proxy.upstream}{self.path}", headers=headers, data=body,
                              allow_redirects=False, timeout=60)
         content = r.content
+        with proxy.lock:
+            proxy.bytes_down += len(content) if self.command != "HEAD" else 0
         if proxy.mode == "corrupt" and self.command == "GET" and "/blobs/sha256:" in self.path and content:
             content = bytes([content[0] ^ 0xFF]) + content[1:]  # other bytes than stored
         self.send_response(r.status_code)
         for k, v in r.headers.items():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                 self.send_header(k, v)
-        self.send_header("Content-Length", str(len(content)))
+        # A HEAD answer has no body but the upstream's length (a blob's size).
+        self.send_header("Content-Length", r.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(content)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(content)
@@ -104,15 +109,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class FaultProxy:
     """Forwards to a real registry. Modes: '503' and 'reset' fail the first `failures` requests,
-    '500-spec' answers 500 to spec-tag manifests, 'corrupt' flips a byte of every blob read."""
+    '500-spec' answers 500 to spec-tag manifests, 'corrupt' flips a byte of every blob read, 'pass'
+    only forwards. Every mode counts the bytes sent up (request bodies) and down (response bodies)."""
 
     class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
         daemon_threads = True
         proxy: "FaultProxy"
 
-    def __init__(self, upstream: str, mode: str, failures: int = 0):
-        self.upstream, self.mode, self.failures = upstream, mode, failures
+    def __init__(self, upstream: str, mode: str, failures: int = 0, keep_host: bool = False):
+        # keep_host: the registry sees the proxy's address, so upload locations lead back through it
+        self.upstream, self.mode, self.failures, self.keep_host = upstream, mode, failures, keep_host
         self.count = 0
+        self.bytes_up = self.bytes_down = 0
         self.lock = threading.Lock()
         self.server = self._Server(("127.0.0.1", 0), _Handler)
         self.server.proxy = self
