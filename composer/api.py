@@ -8,7 +8,7 @@ from typing import Dict, Optional
 from composer import metaflow_link  # registers Metaflow as a run source and pull hook (no Metaflow import)
 from composer.catalog import resolve
 from composer.catalog.pull import pull as _pull
-from composer.metaflow_link import LaunchRef
+from composer.metaflow_link import ref_at_launch
 from composer.pipeline import build as _build
 from composer.publish import BuildResult
 from composer.settings import Settings, load_settings
@@ -50,7 +50,7 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
     (see composer/metaflow_link.py).
     """
     if "{" in name:  # Metaflow: resolved at launch
-        return LaunchRef(name, registry=registry, settings=settings)
+        return ref_at_launch(name, registry=registry, settings=settings)
     return resolve(_settings(settings, registry), name)[0]
 
 

@@ -73,7 +73,8 @@ def run_flow(flow_file: str, *args: str, env: dict, workdir: Path) -> str:
                           capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{flow_file} run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    flow = {"model_a_flow.py": "ModelAFlow", "model_b_flow.py": "ModelBFlow", "explainer_flow.py": "ExplainerFlow"}[flow_file]
+    flow = {"model_a_flow.py": "ModelAFlow", "model_b_flow.py": "ModelBFlow", "explainer_flow.py": "ExplainerFlow",
+            "deployed_explainer_flow.py": "DeployedExplainerFlow"}[flow_file]
     return f"{flow}/{run_id_file.read_text().strip()}"
 
 
