@@ -4,7 +4,7 @@
     python deployed_explainer_flow.py --datastore=s3 argo-workflows create
     # or by hand, locally or on Argo, for any training runs
     python deployed_explainer_flow.py run --upstreams ModelAFlow/12,ModelBFlow/34
-    python deployed_explainer_flow.py run --trigger ModelAFlow/12        # as if ModelAFlow/12 just finished
+    python deployed_explainer_flow.py --trigger ModelAFlow/12 run        # as if ModelAFlow/12 just finished
 
 start             the upstream runs: the run(s) whose end triggered this one (current.trigger),
                   else the --upstreams parameter; fans out, one branch per upstream run
