@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 from composer import metaflow_link  # registers Metaflow as a run source and pull hook (no Metaflow import)
 from composer.catalog import resolve
 from composer.catalog.pull import pull as _pull
-from composer.metaflow_link import LaunchRef
+from composer.metaflow_link import ref_at_launch
 from composer.pipeline import build as _build
 from composer.publish import BuildResult
 from composer.settings import Settings, load_settings
@@ -57,7 +57,7 @@ def ref(name: str, *, registry: Optional[str] = None, settings: Optional[Setting
     moved later (--update) is seen by the next process, and composer.pull still verifies at step start.
     """
     if "{" in name:  # Metaflow: resolved at launch
-        return LaunchRef(name, registry=registry, settings=settings)
+        return ref_at_launch(name, registry=registry, settings=settings)
     s = _settings(settings, registry)
     key = (name, s.registry)
     if key not in _REFS:  # once per process: a flow file is imported again in every task

@@ -25,6 +25,15 @@ extra `composer[metaflow]`):
    `str()` resolves it: `{run_id}` is this run (`Flow/RunId`), and the environment is
    the one composed for this run (`composer.build(..., run_id=this_run())`), checked
    against the template. See README ("Metaflow") for the reasons and the limits.
+
+4. **Refs resolved at execution time, in deployments.** When the flow file is imported by
+   `argo-workflows create`, the same `composer.ref(template)` returns the image reference
+   `REGISTRY/PREFIX/envs:NAME` with Argo Workflows variables where the run's values go
+   (`{run_id}` -> `Flow-argo-{{workflow.name}}`, `{index}` -> `{{inputs.parameters.split-index}}`):
+   Argo fills them when it creates the step's pod, and the name tag (moved only by composer)
+   is checked at step start by `composer.pull`. A placeholder nobody knows at pod creation
+   is refused at deploy time, and so are schedulers whose images are fixed at deploy time
+   (`step-functions create`, `airflow create`).
 """
 
 from __future__ import annotations
@@ -41,10 +50,10 @@ from composer.catalog import resolve
 from composer.catalog.pull import AFTER_PULL
 from composer.errors import ComposerError, EnvironmentProblem, NotFoundError, UsageError, VerificationError
 from composer.model.records import RunRecord
-from composer.model.refs import render_name, run_tag, slug
+from composer.model.refs import MAX_NAME_LEN, check_name, render_name, run_tag, slug
 from composer.oci import connect
 from composer.settings import Settings, load_settings
-from composer.store import read_run_record, runs_repository
+from composer.store import envs_repository, read_run_record, runs_repository
 from composer.upstream.runs import register_source
 from composer.version import __version__
 
@@ -346,6 +355,11 @@ def this_run() -> str:
     if not run:
         raise UsageError("not inside a Metaflow run (no flow name or run id yet)",
                          "call it from a step, or from a decorator attribute resolved when a step is launched")
+    if os.environ.get("ARGO_WORKFLOW_NAME") and slug(run) != slug(run, len(run) + 1):
+        # A name keeps 60 characters of a value; Argo cannot shorten {{workflow.name}} the same way.
+        raise UsageError(f"run id {run!r} is longer than the {len(slug(run))} characters an environment name keeps "
+                         f"of it, so the image Argo Workflows resolves for this run would not be found",
+                         "give the workflow a shorter name (a shorter flow or @project name)")
     return run
 
 
@@ -381,7 +395,7 @@ class LaunchRef(str):
         obj = super().__new__(cls, PLACEHOLDER_PREFIX + template)
         obj.template, obj.values = template, values
         obj._registry, obj._settings = registry, settings
-        obj._resolved: Dict[str, str] = {}
+        obj._resolved: Dict[Tuple[str, Optional[str]], str] = {}
         return obj
 
     def __reduce__(self):  # copies and pickles keep the template, not the placeholder text
@@ -407,16 +421,25 @@ class LaunchRef(str):
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
 
-    def resolve(self, run: Optional[str] = None) -> str:
-        """REPO@sha256:... of the environment this template names for run (default: this run)."""
+    def resolve(self, run: Optional[str] = None, index: Optional[int] = None) -> str:
+        """REPO@sha256:... of the environment this template names for run (default: this run) and,
+        for a template with {index}, foreach branch index (default: the step being launched)."""
         run = run or this_run()
-        if run not in self._resolved:
-            self._resolved[run] = self._resolve(run)
-        return self._resolved[run]
-
-    def _resolve(self, run: str) -> str:
-        settings = self._settings or load_settings({"registry": self._registry})
         values = {"run_id": run, **self.values}
+        if INDEX in template_fields(self.template) and INDEX not in values:
+            index = _launch_index() if index is None else index
+            if index is None:
+                raise UsageError(f"{{{INDEX}}} in {self.template!r} is the foreach branch of the step being launched, "
+                                 "and no step inside a foreach is being launched here",
+                                 "use it in the decorator of a step inside a foreach, or pass index=")
+            values[INDEX] = str(index)
+        key = (run, values.get(INDEX))
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(run, values)
+        return self._resolved[key]
+
+    def _resolve(self, run: str, values: Dict[str, str]) -> str:
+        settings = self._settings or load_settings({"registry": self._registry})
         fields = template_fields(self.template)
         if all(f in values for f in fields):
             return resolve(settings, render_name(self.template, values))[0]
@@ -441,9 +464,169 @@ def _rebuild(template: str, values: Dict[str, str], registry: Optional[str]) -> 
 
 
 def ref_at_launch(template: str, *, registry: Optional[str] = None, settings: Optional[Settings] = None,
-                  **values: str) -> LaunchRef:
-    """Like composer.ref(template), with constants for some placeholders: ref_at_launch("x-{model}-{run_id}", model="a")."""
-    return LaunchRef(template, values, registry=registry, settings=settings)
+                  flow: Optional[str] = None, **values: str) -> str:
+    """Like composer.ref(template), with constants for some placeholders: ref_at_launch("x-{model}-{run_id}", model="a").
+
+    Under Metaflow's runtime: a LaunchRef. In a process deploying the flow with `argo-workflows create`:
+    the execution-time reference (argo_image). Under `step-functions create` / `airflow create`, or for a
+    placeholder Argo cannot fill: the deployment stops here with one error line (exit 2).
+    flow: the flow's class name, when this is not called in the flow class's body."""
+    command = deploy_command()
+    if command is None:
+        return LaunchRef(template, values, registry=registry, settings=settings)
+    try:
+        if command != "argo-workflows":
+            refuse_deployment(command, template)
+        return argo_image(settings or load_settings({"registry": registry}), template, values,
+                          flow or _flow_being_defined())
+    except ComposerError as exc:  # at import time of the flow file: no Metaflow CLI to report it yet
+        print(f"composer: error: {exc.one_line()}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+# --------------------------------------------------------------------------- execution-time refs (deployments)
+
+# Argo Workflows variables (https://argo-workflows.readthedocs.io/en/latest/variables/) that the
+# workflow controller substitutes in a container's `image` when it creates the pod:
+ARGO_WORKFLOW_NAME = "{{workflow.name}}"  # Metaflow's run id on Argo is argo-{{workflow.name}}
+ARGO_SPLIT_INDEX = "{{inputs.parameters.split-index}}"  # Metaflow's input to a foreach branch's steps
+ARGO_RUN_PREFIX = "argo-"
+INDEX = "index"  # the placeholder for the foreach branch: Metaflow's self.index
+_DEPLOYERS = ("argo-workflows", "step-functions", "airflow")
+
+
+class ExecutionRef(str):
+    """The image reference written into a compiled Argo Workflows template: REGISTRY/PREFIX/envs:NAME
+    with Argo variables where the run's values go. Its text is what Metaflow serialises."""
+
+    template: str
+
+    def __new__(cls, text: str, template: str):
+        obj = super().__new__(cls, text)
+        obj.template = template
+        return obj
+
+    def __reduce__(self):
+        return (ExecutionRef, (str.__str__(self), self.template))
+
+    def __repr__(self) -> str:
+        return f"ExecutionRef({self.template!r}: {str.__str__(self)!r})"
+
+
+def deploy_command(argv: Optional[List[str]] = None) -> Optional[str]:
+    """The Metaflow scheduler this process compiles the flow for (`python flow.py ... argo-workflows
+    create ...`; the Deployer API runs the same command line), or None."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args[:-1]):
+        if arg in _DEPLOYERS and args[i + 1] == "create":
+            return arg
+    return None
+
+
+def refuse_deployment(command: str, template: str) -> None:
+    raise UsageError(
+        f"`{command} create` fixes each step's image when the flow is deployed, so {template!r} (an environment "
+        f"composed while the run runs) cannot be named there",
+        "deploy with argo-workflows create (Argo resolves the image when it creates the pod), or name an "
+        "environment that exists before deployment: composer.ref(NAME)",
+    )
+
+
+def argo_image(settings: Settings, template: str, values: Dict[str, str], flow: str) -> ExecutionRef:
+    """REGISTRY/PREFIX/envs:NAME for a compiled Argo Workflows template, where NAME is the template
+    filled as the build step fills it (render_name) except that the run's values are Argo variables:
+
+        {run_id}  ->  FLOW-argo-{{workflow.name}}       (slug of FLOW/argo-{{workflow.name}}, Metaflow's run id)
+        {index}   ->  {{inputs.parameters.split-index}}  (the foreach branch, self.index in the step)
+        {key}     ->  slug(value) for constants given to ref_at_launch
+
+    Anything else is only known inside a step, after the pod exists: refused, with what to use instead.
+    The tag is the environment's name tag, which only composer moves; composer.pull at step start
+    checks that the pod runs the environment the name's record describes."""
+    values = {k: str(v) for k, v in values.items()}
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", flow or ""):
+        raise UsageError(f"{flow!r} is not a Metaflow flow name", "pass flow='FlowClassName' to ref_at_launch")
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"name template {template!r} is malformed ({exc})", "use {key} placeholders") from exc
+    # A workflow Metaflow starts is named after its template (the flow name, lower-cased) plus 6 characters.
+    sample_workflow = f"{flow.lower()}-x0x0x"
+    tag, sample = [], []
+    for literal, field, spec, conversion in parsed:
+        tag.append(literal)
+        sample.append(literal)
+        if field is None:
+            continue
+        if spec or conversion:
+            raise UsageError(f"{{{field}}} in {template!r} has a format spec or conversion", "use plain {key} placeholders")
+        if field in values:
+            tag.append(slug(values[field]))
+            sample.append(slug(values[field]))
+        elif field == "run_id":
+            run = f"{flow}/{ARGO_RUN_PREFIX}{sample_workflow}"
+            if slug(run) != slug(run, len(run) + 1):
+                raise UsageError(f"run ids of flow {flow} on Argo Workflows ({run!r}) are longer than the "
+                                 f"{len(slug(run))} characters a name keeps of {{run_id}}",
+                                 "use a shorter flow name")
+            tag.append(f"{flow}-{ARGO_RUN_PREFIX}{ARGO_WORKFLOW_NAME}")
+            sample.append(slug(run))
+        elif field == INDEX:
+            tag.append(ARGO_SPLIT_INDEX)
+            sample.append("0")
+        else:
+            raise UsageError(
+                f"{{{field}}} in {template!r} is only known while the run runs, but Argo Workflows fixes a step's "
+                f"image when it creates the pod",
+                f"name the environment with {{run_id}}, {{{INDEX}}} (the foreach branch) and constants only, "
+                f"e.g. explainer-{{{INDEX}}}-{{run_id}}; constants: composer.metaflow_link.ref_at_launch(TEMPLATE, KEY=VALUE)",
+            )
+    if not any(f in ("run_id", INDEX) for _, f, _, _ in parsed if f is not None and f not in values):
+        raise UsageError(f"{template!r} names the same environment in every run", "use composer.ref(NAME) for a fixed name")
+    check_name("".join(sample))  # the names this reference will take (grammar, length, reserved forms)
+    return ExecutionRef(f"{settings.registry_host}/{envs_repository(settings)}:{''.join(tag)}", template)
+
+
+def _flow_being_defined() -> str:
+    """The name of the flow class whose body is calling composer.ref (decorators are evaluated there)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "__qualname__" in frame.f_locals and "__module__" in frame.f_locals:
+            return frame.f_locals["__qualname__"].rsplit(".", 1)[-1]
+        frame = frame.f_back
+    raise UsageError("composer.ref(TEMPLATE) was not called in a flow class's body, so the flow's name "
+                     "(part of the run id) is unknown while deploying",
+                     "call it in the step's decorator, or use composer.metaflow_link.ref_at_launch(TEMPLATE, flow='FlowName')")
+
+
+def _launch_index() -> Optional[int]:
+    """self.index of the task Metaflow's runtime is launching, when str() is called from inside its
+    launcher (a decorator's runtime_step_cli, or CLIArgs formatting the step's command line)."""
+    try:
+        from metaflow.runtime import CLIArgs
+    except ImportError:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(40):
+        if frame is None:
+            return None
+        for value in list(frame.f_locals.values()):
+            if isinstance(value, CLIArgs):
+                return task_index(value.task)
+        frame = frame.f_back
+    return None
+
+
+def task_index(task) -> Optional[int]:
+    """The innermost foreach index of a runtime Task: its split index when it starts a branch, else
+    its parent's (a step inside a branch has the same index as the step before it)."""
+    if task.split_index is not None:
+        return int(task.split_index)
+    if not task.input_paths:
+        return None
+    run_id, step, task_id = task.input_paths[0].split("/")[-3:]
+    stack = task._flow_datastore.get_task_datastore(run_id, step, task_id)["_foreach_stack"]
+    return int(stack[-1].index) if stack else None
 
 
 def _current_run() -> Optional[str]:

@@ -65,15 +65,17 @@ def prepare(env: dict, runtime_image: str | None = None, base_image: str | None 
             for model in ("model-a", "model-b")}
 
 
-def run_flow(flow_file: str, *args: str, env: dict, workdir: Path) -> str:
-    """`python FLOW run ARGS` with local Metaflow state; returns the run's pathspec."""
+def run_flow(flow_file: str, *args: str, env: dict, workdir: Path, top: tuple = ()) -> str:
+    """`python FLOW [TOP] run ARGS` with local Metaflow state; returns the run's pathspec. TOP: options
+    of the flow's command (`--trigger RUN` starts it as if RUN had just finished: @trigger_on_finish)."""
     run_id_file = workdir / f"run-id-{flow_file}-{os.getpid()}-{len(list(workdir.glob('run-id-*')))}"
     proc = subprocess.run([sys.executable, str(HERE / flow_file), "--metadata", "local", "--datastore", "local",
-                           "--no-pylint", "run", "--run-id-file", str(run_id_file), *args],
+                           "--no-pylint", *top, "run", "--run-id-file", str(run_id_file), *args],
                           capture_output=True, text=True, env=env, cwd=workdir, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"{flow_file} run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    flow = {"model_a_flow.py": "ModelAFlow", "model_b_flow.py": "ModelBFlow", "explainer_flow.py": "ExplainerFlow"}[flow_file]
+    flow = {"model_a_flow.py": "ModelAFlow", "model_b_flow.py": "ModelBFlow", "explainer_flow.py": "ExplainerFlow",
+            "deployed_explainer_flow.py": "DeployedExplainerFlow"}[flow_file]
     return f"{flow}/{run_id_file.read_text().strip()}"
 
 

@@ -18,20 +18,11 @@ from metaflow import FlowSpec, Parameter, Run, namespace, step
 
 import composer
 from composer.metaflow_link import this_run
+from explain import explain
 from local_kubernetes import kubernetes
 
 ENV = "explainer-{model}-{run_id}"  # run_id: this run (Flow/Id); model: the upstream's type
 EXTRAS = __file__.rsplit("/", 1)[0] + "/envs/explainer.txt"
-
-
-def predict(model, X):
-    import numpy as np
-
-    if model["kind"] == "linear":
-        return np.hstack([X, np.ones((len(X), 1))]) @ model["coef"]
-    if model["kind"] == "quadratic":
-        return np.hstack([X, X ** 2, np.ones((len(X), 1))]) @ model["coef"]
-    raise ValueError(f"unknown model kind {model['kind']!r}")
 
 
 class ExplainerFlow(FlowSpec):
@@ -55,25 +46,11 @@ class ExplainerFlow(FlowSpec):
     @step
     def train_explainer(self):
         pulled = composer.pull(self.env_name)  # this task runs in exactly that environment, and says so
-        import numexpr
-        import numpy as np
-
-        namespace(None)
-        upstream = Run(self.upstream).data
-        model, X, y = upstream.model, upstream.features, upstream.target  # needs the model's numpy
-        rng = np.random.default_rng(0)
-        base = predict(model, X)
-        base_error = float(numexpr.evaluate("(y - p) ** 2", local_dict={"y": y, "p": base}).mean())
-        importances = []
-        for j in range(X.shape[1]):
-            shuffled = X.copy()
-            shuffled[:, j] = rng.permutation(shuffled[:, j])
-            p = predict(model, shuffled)
-            importances.append(float(numexpr.evaluate("(y - p) ** 2", local_dict={"y": y, "p": p}).mean()) - base_error)
-        self.importances = importances
+        result = explain(self.upstream)  # needs the model's numpy and the explainer's numexpr
+        self.importances = result["importances"]
         self.explained = {"upstream": self.upstream, "model_type": self.model_type, "env": pulled["ref"],
-                          "numpy": np.__version__, "numexpr": numexpr.__version__,
-                          "upstream_numpy": upstream.numpy_version}
+                          "numpy": result["numpy"], "numexpr": result["numexpr"],
+                          "upstream_numpy": result["upstream_numpy"]}
         self.next(self.end)
 
     @step

@@ -73,7 +73,11 @@ class LocalKubernetesDecorator(StepDecorator):
 
 def kubernetes(*args, **kwargs):
     """@kubernetes(image=...): Metaflow's with EXAMPLE_ON_KUBERNETES=1, else a local Docker run."""
-    if os.environ.get("EXAMPLE_ON_KUBERNETES") == "1":
+    # Metaflow's own when asked, when deploying (argo-workflows create compiles @kubernetes), and in
+    # the pods a deployment starts.
+    from composer.metaflow_link import deploy_command
+
+    if os.environ.get("EXAMPLE_ON_KUBERNETES") == "1" or deploy_command() or os.environ.get("METAFLOW_KUBERNETES_WORKLOAD"):
         from metaflow import kubernetes as metaflow_kubernetes
 
         return metaflow_kubernetes(*args, **kwargs)

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,15 +39,23 @@ def _client(script: str, env: dict, cwd) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_explainer_example_for_two_models(infra, tmp_path):
+@pytest.fixture(scope="module")
+def example(infra, tmp_path_factory):
+    """The runtime image, the two training environments and one training run of each model."""
+    tmp = tmp_path_factory.mktemp("explainer")
     demo = _demo()
-    env = demo.flow_env(tmp_path, {**os.environ, "COMPOSER_REGISTRY": f"{REGISTRY}/ex{uuid.uuid4().hex[:10]}",
-                                   "COMPOSER_BASE_REF": BASE_REF})
+    env = demo.flow_env(tmp, {**os.environ, "COMPOSER_REGISTRY": f"{REGISTRY}/ex{uuid.uuid4().hex[:10]}",
+                              "COMPOSER_BASE_REF": BASE_REF})
     training = demo.prepare(env)
+    upstreams = {model: demo.run_flow(flow_file, env=env, workdir=tmp)
+                 for flow_file, model in (("model_a_flow.py", "model-a"), ("model_b_flow.py", "model-b"))}
+    return SimpleNamespace(demo=demo, env=env, tmp=tmp, training=training, upstreams=upstreams)
 
+
+def test_explainer_example_for_two_models(example):
+    demo, env, tmp_path, training = example.demo, example.env, example.tmp, example.training
     results = {}
-    for flow_file, model in (("model_a_flow.py", "model-a"), ("model_b_flow.py", "model-b")):
-        upstream = demo.run_flow(flow_file, env=env, workdir=tmp_path)
+    for model, upstream in example.upstreams.items():
         explainer = demo.run_flow("explainer_flow.py", "--upstream", upstream, env=env, workdir=tmp_path)
         results[model] = (upstream, explainer)
 
@@ -91,3 +100,44 @@ print(json.dumps({{"ok": run.successful, "links": links, "env_name": d.env_name,
     imp_b = _client(f"print(json.dumps(Run({results['model-b'][1]!r}).data.importances))", env, tmp_path)
     assert imp_a.index(max(imp_a)) == 0 and abs(imp_a[3]) < 0.01
     assert imp_b.index(max(imp_b)) == 0 and abs(imp_b[2]) < 0.05
+
+
+def test_deployed_explainer_triggered_by_both_models_one_environment_per_branch(example):
+    """The deployable flow under Metaflow's runtime, started as the training runs' end would start
+    it (`--trigger`, what @trigger_on_finish delivers as current.trigger): it fans out over the two
+    upstream runs and each branch's train_explainer runs in its own composed environment."""
+    demo, env = example.demo, example.env
+    up_a, up_b = example.upstreams["model-a"], example.upstreams["model-b"]
+    run = demo.run_flow("deployed_explainer_flow.py", env=env, workdir=example.tmp,
+                        top=("--trigger", up_a, "--trigger", up_b))
+    flow, run_id = run.split("/")
+    got = _client(f"""
+run = Run({run!r})
+links = [(t.index, [json.loads(m.value) for m in t.metadata if m.type == "composer-environment"])
+         for t in run["train_explainer"]]
+print(json.dumps({{"ok": run.successful, "explained": run.data.explained, "links": links,
+                   "numpy": {{u: Run(u).data.numpy_version for u in {[up_a, up_b]!r}}}}}))
+""", env, example.tmp)
+    assert got["ok"]
+    explained = got["explained"]
+    assert [e["index"] for e in explained] == [0, 1]
+    assert sorted(e["upstream"] for e in explained) == sorted([up_a, up_b])  # from current.trigger
+    links = {index: values for index, values in got["links"]}
+    for e in explained:
+        name = f"explainer-{e['index']}-{flow}-{run_id}"
+        assert e["env_name"] == name
+        # the branch's step ran in the branch's environment (resolved at launch), verified and linked
+        assert [v["name"] for v in links[e["index"]]] == [name] and links[e["index"]][0]["ref"] == e["env"]
+        assert e["numpy"] == got["numpy"][e["upstream"]]  # that upstream's own numpy: its model loaded
+        proc = run_cli("show", name, "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["record"]["upstream"]["run"] == e["upstream"]
+    assert explained[0]["env"] != explained[1]["env"]  # numpy 1 and numpy 2: two environments
+
+
+def test_deployed_explainer_started_by_hand(example):
+    """Without a trigger the upstream runs come from the --upstreams parameter."""
+    up_b = example.upstreams["model-b"]
+    run = example.demo.run_flow("deployed_explainer_flow.py", "--upstreams", up_b, env=example.env, workdir=example.tmp)
+    got = _client(f"print(json.dumps(Run({run!r}).data.explained))", example.env, example.tmp)
+    assert [(e["index"], e["upstream"], e["env_name"]) for e in got] == [(0, up_b, f"explainer-0-{run.replace('/', '-')}")]

@@ -175,3 +175,159 @@ def test_in_a_run_an_unresolvable_ref_stops_the_launch_with_one_clean_line(in_ru
     with pytest.raises(MetaflowException, match="composer: error: no environment named 'env-ExplainerFlow-7'") as info:
         str(ml.LaunchRef("env-{run_id}", settings=SETTINGS))
     assert info.value.headline == "composer could not resolve the step's image"
+
+
+# --------------------------------------------------------------------------- one environment per foreach branch
+
+def _cli_args_for(task):
+    """A real metaflow.runtime.CLIArgs (what the launcher formats a step's command line with) for task."""
+    from metaflow.runtime import CLIArgs
+
+    cli_args = CLIArgs.__new__(CLIArgs)
+    cli_args.task = task
+    return cli_args
+
+
+def test_index_is_the_branch_of_the_step_being_launched(in_run):
+    """{index} comes from the task Metaflow's launcher is formatting a command line for: found as a
+    CLIArgs in the frames that call str() (the real launcher's get_args, a decorator's runtime_step_cli)."""
+    pytest.importorskip("metaflow")
+    from types import SimpleNamespace
+
+    names, calls = in_run
+    names["env-0-ExplainerFlow-7"], names["env-1-ExplainerFlow-7"] = REF, REF.replace("ab", "cd")
+    ref = composer.ref("env-{index}-{run_id}", settings=SETTINGS)
+
+    def launch(cli_args):  # like runtime_step_cli: the CLIArgs is a local of a calling frame
+        return str(ref)
+
+    assert launch(_cli_args_for(SimpleNamespace(split_index="1", input_paths=["7/start/1"]))) == names["env-1-ExplainerFlow-7"]
+    assert launch(_cli_args_for(SimpleNamespace(split_index=0, input_paths=["7/start/1"]))) == REF
+    assert calls == ["env-1-ExplainerFlow-7", "env-0-ExplainerFlow-7"]  # remembered per (run, branch)
+    assert ref.resolve(index=1) == names["env-1-ExplainerFlow-7"]
+    with pytest.raises(UsageError, match="no step inside a foreach is being launched"):
+        ref.resolve()
+
+
+def test_index_of_a_later_step_in_the_branch_is_its_parents(monkeypatch):
+    """A step after the branch's first one has no split index of its own: it is in its parent's branch."""
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    Frame = namedtuple("Frame", "step index num_splits value")
+    seen = []
+
+    class Datastores:
+        def get_task_datastore(self, run_id, step, task_id):
+            seen.append((run_id, step, task_id))
+            return {"_foreach_stack": [Frame("start", 3, 4, None)]}
+
+    task = SimpleNamespace(split_index=None, input_paths=["7/build_environment/12"], _flow_datastore=Datastores())
+    assert ml.task_index(task) == 3 and seen == [("7", "build_environment", "12")]
+    assert ml.task_index(SimpleNamespace(split_index=None, input_paths=[], _flow_datastore=None)) is None
+
+
+def test_metaflow_launcher_formats_options_inside_cli_args():
+    """What {index} relies on, pinned against the installed Metaflow: the launcher turns the step's
+    options into text in CLIArgs.get_args (so a CLIArgs is on the stack when str() runs), and a
+    runtime Task carries split_index, input_paths and its flow datastore."""
+    pytest.importorskip("metaflow")
+    import inspect
+
+    from metaflow.runtime import CLIArgs, Task
+
+    assert "to_unicode(vv)" in inspect.getsource(CLIArgs.get_args)
+    init = inspect.getsource(Task.__init__)
+    for attribute in ("self.split_index = split_index", "self.input_paths = input_paths",
+                      "self._flow_datastore = flow_datastore"):
+        assert attribute in init
+
+
+# --------------------------------------------------------------------------- deployments
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--datastore=s3", "argo-workflows", "create", "--only-json"], "argo-workflows"),
+    (["argo-workflows", "--name", "x", "create"], None),  # an option in between: not Metaflow's form
+    (["step-functions", "create"], "step-functions"),
+    (["airflow", "create", "dag.py"], "airflow"),
+    (["argo-workflows", "trigger"], None),
+    (["run", "--upstream", "argo-workflows"], None),
+    (["step", "train", "--run-id", "argo-x"], None),
+])
+def test_deploy_command(argv, expected):
+    assert ml.deploy_command(argv) == expected
+
+
+def test_argo_image_names_the_environment_with_argo_variables():
+    image = ml.argo_image(SETTINGS, "explainer-{index}-{run_id}", {}, "ExplainerFlow")
+    assert image == ("127.0.0.1:5000/unit/envs:explainer-{{inputs.parameters.split-index}}-"
+                     "ExplainerFlow-argo-{{workflow.name}}")
+    assert isinstance(image, ml.ExecutionRef) and image.template == "explainer-{index}-{run_id}"
+    assert pickle.loads(pickle.dumps(image)) == image and copy.deepcopy(image).template == image.template
+    # filled as the build step's render_name fills it: Argo's values are tag-safe already
+    from composer.model.refs import render_name
+
+    filled = image.replace("{{inputs.parameters.split-index}}", "1").replace("{{workflow.name}}", "explainerflow-x7k2p")
+    assert filled.split(":", 2)[-1] == render_name("explainer-{index}-{run_id}",
+                                                   {"index": 1, "run_id": "ExplainerFlow/argo-explainerflow-x7k2p"})
+    # constants are slugged as the build slugs them
+    assert ml.argo_image(SETTINGS, "x-{team}-{run_id}", {"team": "ML Ops"}, "F").endswith(":x-ML-Ops-F-argo-{{workflow.name}}")
+
+
+@pytest.mark.parametrize("template, flow, fragment", [
+    ("explainer-{model}-{run_id}", "ExplainerFlow", "only known while the run runs"),
+    ("explainer-{upstream_run}", "ExplainerFlow", "only known while the run runs"),
+    ("explainer-{index!r}-{run_id}", "ExplainerFlow", "format spec or conversion"),
+    ("explainer-{team}", "ExplainerFlow", "only known while the run runs"),
+    ("e-{run_id}", "F" * 40, "longer than the 60 characters"),
+    ("e-{run_id}", "not a flow", "not a Metaflow flow name"),
+    ("{run_id}" + "x" * 80, "ExplainerFlow", "characters long"),
+])
+def test_argo_image_refuses_what_no_pod_creation_can_know(template, flow, fragment):
+    with pytest.raises(UsageError, match=fragment):
+        ml.argo_image(SETTINGS, template, {}, flow)
+
+
+def test_deploying_finds_the_flow_from_the_class_body(monkeypatch):
+    monkeypatch.setattr(ml, "deploy_command", lambda argv=None: "argo-workflows")
+
+    class ExplainerFlow:  # noqa: F841 - as Metaflow evaluates a decorator's arguments
+        image = composer.ref("e-{index}-{run_id}", settings=SETTINGS)
+
+    assert ExplainerFlow.image.endswith(":e-{{inputs.parameters.split-index}}-ExplainerFlow-argo-{{workflow.name}}")
+
+
+def test_deploying_refuses_at_import_with_one_line(monkeypatch, capsys):
+    """At import time of the flow file nothing would report a ComposerError: one line, exit 2."""
+    monkeypatch.setattr(ml, "deploy_command", lambda argv=None: "argo-workflows")
+    with pytest.raises(SystemExit) as exc:
+        class ExplainerFlow:  # noqa: F841
+            image = composer.ref("explainer-{model}-{run_id}", settings=SETTINGS)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("composer: error: {model} in 'explainer-{model}-{run_id}'")
+    assert "explainer-{index}-{run_id}" in err[0]
+    with pytest.raises(SystemExit):  # no flow class around: the flow name is unknown
+        composer.ref("e-{run_id}", settings=SETTINGS)
+    assert "flow='FlowName'" in capsys.readouterr().err
+    assert ml.ref_at_launch("e-{run_id}", settings=SETTINGS, flow="F").endswith(":e-F-argo-{{workflow.name}}")
+
+
+@pytest.mark.parametrize("command", ["step-functions", "airflow"])
+def test_schedulers_with_fixed_images_are_refused_at_deploy_time(monkeypatch, capsys, command):
+    monkeypatch.setattr(ml, "deploy_command", lambda argv=None: command)
+    with pytest.raises(SystemExit) as exc:
+        composer.ref("explainer-{index}-{run_id}", settings=SETTINGS)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"composer: error: `{command} create` fixes each step's image") and "\n" not in err
+
+
+def test_argo_run_ids_longer_than_a_name_keeps_are_refused_in_the_build_step(monkeypatch):
+    monkeypatch.setattr(ml, "_have_metaflow", lambda: True)
+    monkeypatch.setattr(ml, "_current_run", lambda: "ExplainerFlow/argo-" + "w" * 60)
+    monkeypatch.setenv("ARGO_WORKFLOW_NAME", "w" * 60)
+    with pytest.raises(UsageError, match="longer than the 60 characters"):
+        ml.this_run()
+    monkeypatch.setattr(ml, "_current_run", lambda: "ExplainerFlow/argo-explainerflow-x7k2p")
+    assert ml.this_run() == "ExplainerFlow/argo-explainerflow-x7k2p"
