@@ -1,7 +1,7 @@
 """Metaflow integration: upstream runs by pathspec, the run -> environment link, launch-time refs.
 
 Three pieces, all importing `metaflow` only when they are used (it is the optional
-extra `composer[metaflow]`):
+extra `composer-envs[metaflow]`):
 
 1. **The link is written by composer itself.** When `composer.pull(NAME)` (or
    `python -m composer pull NAME`) verifies, inside a Metaflow task, that the task runs
@@ -147,7 +147,7 @@ def load_metaflow_run(settings: Settings, run_text: str) -> Optional[Tuple[RunRe
         raise NotFoundError(
             f"no environment is recorded for run {run_text!r} in {settings.registry} "
             f"(and metaflow is not installed to look it up as a Metaflow run)",
-            f"{how}; or pip install 'composer[metaflow]'",
+            f"{how}; or pip install 'composer-envs[metaflow]'",
         )
     from metaflow import Run
     from metaflow.exception import MetaflowException, MetaflowNotFound
@@ -285,7 +285,7 @@ def _running_task() -> Optional[Tuple[str, str, str, str, int, str]]:
         if len(parts) != 4 or not all(parts):
             raise UsageError(f"{TASK_ENV}={explicit!r} is not a task pathspec", "set it to Flow/Run/step/task")
         if not _have_metaflow():
-            raise EnvironmentProblem(f"{TASK_ENV} is set but metaflow is not installed", "pip install 'composer[metaflow]'")
+            raise EnvironmentProblem(f"{TASK_ENV} is set but metaflow is not installed", "pip install 'composer-envs[metaflow]'")
         metadata_str = os.environ.get(METADATA_ENV) or _metadata_str()
         try:
             attempt = int(os.environ.get(ATTEMPT_ENV, "0"))
@@ -350,7 +350,7 @@ def task_environment() -> Dict[str, str]:
 def this_run() -> str:
     """`Flow/RunId` of the run this process is part of: a task, or the process launching the run."""
     if not _have_metaflow():
-        raise UsageError("this_run() needs metaflow", "pip install 'composer[metaflow]'")
+        raise UsageError("this_run() needs metaflow", "pip install 'composer-envs[metaflow]'")
     run = _current_run()
     if not run:
         raise UsageError("not inside a Metaflow run (no flow name or run id yet)",
