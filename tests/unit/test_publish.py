@@ -13,9 +13,9 @@ from composer.history import read_history
 from composer.model.records import BUILD_RECORD_TYPE
 from composer.model.refs import referrers_tag, run_tag
 from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST
-from composer.publish import cached_image, spec_tag, unique_tag
+from composer.publish import cached_image, claim_tag, spec_tag, unique_tag
 from composer.publish.lease import lease_tag
-from composer.store import build_records_of, load_run_record, read_run_record
+from composer.store import build_records_of, load_run_record, name_key, read_run_record, record_tag, spec_key
 
 NAME = "explainer"
 
@@ -29,9 +29,11 @@ def test_first_publish_builds_once_and_writes_record_spec_runs_history_then_name
     assert (result.cached, result.builder, result.tag) == (False, "daemonless", unique_tag(NAME, spec))
     assert result.ref == f"{lab.host}/{lab.envs}@{result.digest}" and result.repository == f"{lab.host}/{lab.envs}"
     assert lab.manifest_puts(since) == [
+        f"envs:{claim_tag(NAME)}",  # a new name: claimed, read back
         f"envs:{lease_tag(spec)}",  # one builder per spec
         f"envs:{unique_tag(NAME, spec)}",  # the builder's push
-        f"envs:{result.record}",  # the build record (subject: the image) ...
+        f"envs:{record_tag(result.digest, name_key(NAME))}",  # the build record (subject: the image), at its own tags ...
+        f"envs:{record_tag(result.digest, spec_key(spec))}",
         f"envs:{referrers_tag(result.digest)}",  # ... listed under the referrers tag schema (no referrers API)
         f"envs:{spec_tag(spec)}",  # what the cache looks up
         f"runs:{run_tag(NAME)}", f"runs:{run_tag('ExplainerFlow/1')}",  # so it can be an upstream
@@ -40,11 +42,12 @@ def test_first_publish_builds_once_and_writes_record_spec_runs_history_then_name
     ]
     requests = lab.fake.requests[since:]
     deletes = [i for i, (method, target) in enumerate(requests) if method == "DELETE"]
-    assert len(deletes) == 1 and "/manifests/sha256:" in requests[deletes[0]][1]  # the lease, by digest
+    assert len(deletes) == 2 and all("/manifests/sha256:" in requests[d][1] for d in deletes)  # lease, claim: by digest
     lease_gone = deletes[0]
     history_put = requests.index(("PUT", f"/v2/{lab.envs}/manifests/hist-{NAME}"))
     assert lease_gone < history_put  # the lease is released once the record and spec tag are out
-    assert lab.env_tags() == sorted([NAME, unique_tag(NAME, spec), f"hist-{NAME}", referrers_tag(result.digest), spec_tag(spec)])
+    assert lab.env_tags() == sorted([NAME, unique_tag(NAME, spec), f"hist-{NAME}", referrers_tag(result.digest), spec_tag(spec),
+                                     record_tag(result.digest, name_key(NAME)), record_tag(result.digest, spec_key(spec))])
 
     # What was written is what a reader gets back, verified.
     (record, desc), = build_records_of(lab.reg, lab.envs, result.digest)
