@@ -76,12 +76,18 @@ def render_pip(*, base_ref: str, base_name: str, base_digest: str, python: dict,
         "base_name": label_value(base_name, "the upstream image's name"),
         "base_digest": checked_value(base_digest, "the upstream image's digest"),
         "python": shell_word(python["executable"], "the upstream's python executable"),
+        "site": shell_word(site_dir(python), "the upstream's site-packages"),
         "install_flags": flags,
         "spec_hash": spec_hash,
         "template": template,
         "composer_version": __version__,
     }
     return fill(text, values), template
+
+
+def site_dir(python: dict) -> str:
+    """Where the install step looks for what uv just wrote: site-packages, else the prefix."""
+    return python.get("site_packages") or python.get("prefix") or "/"
 
 
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")

@@ -39,9 +39,12 @@ RUN --mount=type=bind,source=composer-extras.lock,target=/tmp/composer/extras.lo
     --mount=type=tmpfs,target=/tmp/composer/uv-cache \
     set -e; \
     if [ -s /tmp/composer/extras.lock ]; then \
+      touch /tmp/composer/uv-cache/.start; \
       UV_CACHE_DIR=/tmp/composer/uv-cache UV_LINK_MODE=copy UV_NO_CONFIG=1 \
       /tmp/composer/uv pip install --python ${python} --offline --no-index --find-links /tmp/composer/dists \
           --no-deps --require-hashes ${install_flags} -r /tmp/composer/extras.lock; \
+      find ${site} -maxdepth 2 -path '*.dist-info/uv_cache.json' -newer /tmp/composer/uv-cache/.start | \
+        while IFS= read -r f; do rm -f "$f"; sed -i '/\.dist-info\/uv_cache\.json,/d' "$(dirname "$f")/RECORD"; done; \
     fi
 
 ENV COMPOSER_SPEC_HASH=${spec_hash}

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
 from composer import state
-from composer.dockerfile import checked_value, fill, label_value, load_template, shell_word
+from composer.dockerfile import checked_value, fill, label_value, load_template, shell_word, site_dir
 from composer.errors import BuildError, EnvironmentProblem, LockConflictError, UsageError
 from composer.kinds.base import Composition, EnvironmentKind
 from composer.kinds.pip import Lock, lock_extras, lock_from_cache, lock_hash, secretless
@@ -569,6 +569,7 @@ def render_conda(*, base_ref: str, base_name: str, base_digest: str, python: dic
         "prefix": shell_word(prefix, "the upstream's conda prefix") if prefix else "''",
         "micromamba": shell_word(micromamba, "the image's micromamba") if micromamba else "false",
         "python": shell_word(python["executable"], "the upstream's python executable"),
+        "site": shell_word(site_dir(python), "the upstream's site-packages"),
         "install_flags": "--break-system-packages" if python.get("externally_managed") else "",
         "spec_hash": checked_value(spec_hash, "the spec hash"),
         "template": template,
