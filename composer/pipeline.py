@@ -26,6 +26,7 @@ from composer.builders import BuildJob, build_image, choose_builder
 from composer.dockerfile import load_template
 from composer.errors import LockConflictError
 from composer.kinds import Composition, EnvironmentKind
+from composer.kinds.dists import fetch as fetch_dists
 from composer.kinds.pip import uv_binary
 from composer.model.canonical import canonical_json, sha256_digest
 from composer.model.records import BuildRecord, Image, Lock as RecordLock, LockedPackage, RunRecord, utc_now
@@ -205,28 +206,22 @@ def new_job(settings: Settings, name: str, comp: Composition, base: ImageRef, up
 
 
 def prepare_context(settings: Settings, context: Path, dockerfile: str, comp: Composition, upstream: RunRecord) -> Dict[str, str]:
-    """The BuildKit context: the Dockerfile, the pip lock, uv; the kind's own files. Secrets
-    live outside the context (returned as {id: path}), so no COPY could ever pick them up."""
+    """The BuildKit context: the Dockerfile, the pip lock, the locked files fetched and
+    hash-checked here (composer-dists/), uv; the kind's own files. The build needs no index,
+    no network and no secret: it returns none ({id: path}), since its steps run the upstream's
+    own interpreter, and that is the upstream's code."""
     context.mkdir(parents=True, exist_ok=True)
     (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
-    (context / "composer-extras.lock").write_text(comp.lock.added_lock_text(), encoding="utf-8")
+    (context / "composer-extras.lock").write_text(comp.lock.added_lock_text() if comp.lock.added else "", encoding="utf-8")
+    fetch_dists(settings, comp.lock.added, upstream.python.version, upstream.platform.python_platform,
+                context / "composer-dists")
     uv = uv_binary()
     try:
         os.link(uv, context / "uv")
     except OSError:
         shutil.copy2(uv, context / "uv")
     comp.kind.prepare_context(settings, context, comp, upstream)
-    secrets: Dict[str, str] = {}
-    ca = settings.ca_bundle_path()
-    if ca:
-        secrets["ca"] = ca
-    if settings.index_url:
-        path = context.parent / "index_url"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(settings.index_url)
-        secrets["index_url"] = str(path)
-    return secrets
+    return {}
 
 
 def moved_base(settings: Settings, upstream: RunRecord, tag_ref: str) -> RunRecord:

@@ -10,12 +10,14 @@ before anything uses it.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import hashlib
+from typing import Iterable, List, Optional, Tuple
 
 from composer.errors import VerificationError
 from composer.model.records import (
     ANNOTATION_CREATED, ANNOTATION_RUN, BUILD_RECORD_TYPE, RUN_RECORD_TYPE, BuildRecord, RunRecord, annotations_for,
 )
+from composer.model.canonical import digest_hex
 from composer.model.refs import run_tag
 from composer.oci.artifacts import push_artifact, read_artifact, subject_of
 from composer.oci.client import Descriptor, Registry
@@ -58,21 +60,55 @@ def write_run_record(reg: Registry, repo: str, record: RunRecord) -> str:
 
 
 # -- build records ------------------------------------------------------------------------------
-def build_records_of(reg: Registry, repo: str, image_digest: str) -> List[Tuple[BuildRecord, Descriptor]]:
-    """Build records whose subject is image_digest, each verified to describe it."""
-    out = []
+# The referrers index (`sha256-<image hex>`) is one document many publishers rewrite (read,
+# add, write): a concurrent writer can drop an entry. So every build record is also stored at
+# tags of its own, which only publishers of that name (or the spec's builder) write:
+#     sha256-<image hex>-<16 hex of sha256("name:" NAME)>   the name's record for that image
+#     sha256-<image hex>-<16 hex of sha256("spec:" SPEC)>   the builder's record of the spec
+# Readers that know the name or spec read these too: the shared index is a view, not the truth.
+def record_tag(image_digest: str, key: str) -> str:
+    """key: name:NAME or spec:SPEC (names can never start with sha256-: the tag is composer's)."""
+    return f"sha256-{digest_hex(image_digest)}-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
+
+
+def name_key(name: str) -> str:
+    return f"name:{name}"
+
+
+def spec_key(spec: str) -> str:
+    return f"spec:{spec}"
+
+
+def _verified_record(reg: Registry, repo: str, ref: str, image_digest: str) -> Optional[Tuple[BuildRecord, Descriptor]]:
+    got = read_artifact(reg, repo, ref, BUILD_RECORD_TYPE)
+    if got is None:
+        return None  # listed but gone (deleted), or never written: not a record
+    document, mdesc, manifest = got
+    record = BuildRecord.from_json(document, f"build record {repo}@{mdesc.digest[:19]}")
+    if subject_of(manifest) != image_digest or record.image.digest != image_digest:
+        raise VerificationError(
+            f"record {repo}@{mdesc.digest} does not describe {image_digest}",
+            "the referrers index is inconsistent; rebuild the environment",
+        )
+    return record, mdesc
+
+
+def build_records_of(reg: Registry, repo: str, image_digest: str, keys: Iterable[str] = ()) -> List[Tuple[BuildRecord, Descriptor]]:
+    """Build records whose subject is image_digest, each verified to describe it: those the
+    referrers index lists, then those at the record tags of keys (name_key / spec_key) that
+    the index may have lost to a concurrent writer."""
+    out: List[Tuple[BuildRecord, Descriptor]] = []
+    seen = set()
     for desc in reg.referrers(repo, image_digest, BUILD_RECORD_TYPE):
-        got = read_artifact(reg, repo, desc.digest, BUILD_RECORD_TYPE)
-        if got is None:
-            continue  # listed but gone (deleted): not a record
-        document, mdesc, manifest = got
-        record = BuildRecord.from_json(document, f"build record {repo}@{mdesc.digest[:19]}")
-        if subject_of(manifest) != image_digest or record.image.digest != image_digest:
-            raise VerificationError(
-                f"record {repo}@{mdesc.digest} does not describe {image_digest}",
-                "the referrers index is inconsistent; rebuild the environment",
-            )
-        out.append((record, mdesc))
+        got = _verified_record(reg, repo, desc.digest, image_digest)
+        if got is not None and got[1].digest not in seen:
+            seen.add(got[1].digest)
+            out.append(got)
+    for key in keys:
+        got = _verified_record(reg, repo, record_tag(image_digest, key), image_digest)
+        if got is not None and got[1].digest not in seen:
+            seen.add(got[1].digest)
+            out.append(got)
     return out
 
 
@@ -82,5 +118,17 @@ def newest_record(records: List[Tuple[BuildRecord, Descriptor]]) -> Tuple[BuildR
     return max(enumerate(records), key=lambda item: (item[1][0].created, item[0]))[1]
 
 
-def write_build_record(reg: Registry, repo: str, record: BuildRecord, image: Descriptor) -> Descriptor:
-    return push_artifact(reg, repo, record.to_json(), BUILD_RECORD_TYPE, dict(annotations_for(record)), subject=image)
+def write_build_record(reg: Registry, repo: str, record: BuildRecord, image: Descriptor,
+                       keys: Iterable[str] = ()) -> Descriptor:
+    """Push the record at its own tags (one per key: name_key, and spec_key for the builder),
+    then list it in the shared referrers index (read back and re-added until it holds)."""
+    tags = [record_tag(image.digest, k) for k in keys]
+    return push_artifact(reg, repo, record.to_json(), BUILD_RECORD_TYPE, dict(annotations_for(record)), subject=image,
+                         tag=tags[0] if tags else None, more_tags=tags[1:])
+
+
+def relist_record(reg: Registry, repo: str, image: Descriptor, record: Descriptor) -> None:
+    """Put a record back into the shared referrers index if a concurrent writer dropped it
+    (best effort: readers that know the name find it at its own tag anyway)."""
+    if not any(d.digest == record.digest for d in reg.referrers(repo, image.digest, BUILD_RECORD_TYPE)):
+        reg.add_referrer_to_tag(repo, image.digest, record)

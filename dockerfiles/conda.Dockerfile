@@ -1,4 +1,4 @@
-${syntax_line}# composer-template: conda/1
+${syntax_line}# composer-template: conda/2
 # Layers locked extra conda packages, then locked extra pip packages, on an upstream image
 # whose environment is a conda prefix, pinned by digest.
 # Rendered by composer/conda.py: lowercase $-brace placeholders are filled in, the rest is literal.
@@ -30,21 +30,21 @@ RUN --mount=type=bind,source=conda,target=/tmp/composer/conda \
       rm -rf "$T"; \
     fi
 
-# 2. The locked pip packages of the extras, on top, exactly as in pip.Dockerfile: hash-checked,
-# no dependency resolution at build time (--no-deps); uv, the CA bundle and the index URL
-# arrive as a bind mount and secrets, and none of them ends up in the image.
+# 2. The locked pip packages of the extras, on top, exactly as in pip.Dockerfile: hash-checked
+# files fetched on the host, installed offline (--no-index, --network none for the whole build),
+# no secret mounted: this step runs the upstream's interpreter.
 RUN --mount=type=bind,source=composer-extras.lock,target=/tmp/composer/extras.lock \
+    --mount=type=bind,source=composer-dists,target=/tmp/composer/dists \
     --mount=type=bind,source=uv,target=/tmp/composer/uv \
-    --mount=type=cache,target=/tmp/composer/uv-cache,id=composer-uv-cache \
-    --mount=type=secret,id=ca \
-    --mount=type=secret,id=index_url \
+    --mount=type=tmpfs,target=/tmp/composer/uv-cache \
     set -e; \
     if [ -s /tmp/composer/extras.lock ]; then \
-      if [ -f /run/secrets/ca ]; then export SSL_CERT_FILE=/run/secrets/ca; fi; \
-      if [ -f /run/secrets/index_url ]; then UV_INDEX_URL="$(cat /run/secrets/index_url)"; export UV_INDEX_URL; fi; \
+      touch /tmp/composer/uv-cache/.start; \
       UV_CACHE_DIR=/tmp/composer/uv-cache UV_LINK_MODE=copy UV_NO_CONFIG=1 \
-      /tmp/composer/uv pip install --python ${python} --no-deps --require-hashes ${install_flags} \
-          -r /tmp/composer/extras.lock; \
+      /tmp/composer/uv pip install --python ${python} --offline --no-index --find-links /tmp/composer/dists \
+          --no-deps --require-hashes ${install_flags} -r /tmp/composer/extras.lock; \
+      find ${site} -maxdepth 2 -path '*.dist-info/uv_cache.json' -newer /tmp/composer/uv-cache/.start | \
+        while IFS= read -r f; do rm -f "$f"; sed -i '/\.dist-info\/uv_cache\.json,/d' "$(dirname "$f")/RECORD"; done; \
     fi
 
 ENV COMPOSER_SPEC_HASH=${spec_hash}

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,43 +88,58 @@ def _tty(req: BuildRequest) -> bool:
 
 
 def run_build(cmd: List[str], req: BuildRequest, env: Optional[dict] = None) -> None:
-    """Run a BuildKit command; on failure print the failing step's log and raise BuildError."""
-    if _tty(req):
-        try:
-            proc = subprocess.run(cmd, env=env, timeout=req.timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise _timed_out(req) from exc
-        if proc.returncode:
-            raise BuildError(f"the image build failed (exit {proc.returncode}; its log is above)", "fix the failing step and rerun")
-        return
+    """Run a BuildKit command; on failure print the failing step's log and raise BuildError.
+
+    The builder runs in a process group of its own, and the timeout (or an interrupt) kills
+    that whole group, so no part of the build keeps running once composer has answered."""
+    tty = _tty(req)
     lines: List[str] = []
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    assert proc.stdout is not None
+    proc = subprocess.Popen(cmd, env=env, stdout=None if tty else subprocess.PIPE,
+                            stderr=None if tty else subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
-        proc.kill()
+        kill_group(proc)
 
     watchdog = threading.Timer(req.timeout, kill)
     watchdog.daemon = True
     watchdog.start()
     try:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if req.progress == "plain":
-                print(line, end="", file=sys.stderr)
+        if proc.stdout is not None:
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if req.progress == "plain":
+                    print(line, end="", file=sys.stderr)
         code = proc.wait()
+    except BaseException:
+        kill_group(proc)
+        raise
     finally:
         watchdog.cancel()
     if timed_out.is_set():
         raise _timed_out(req)
+    if code and tty:
+        raise BuildError(f"the image build failed (exit {code}; its log is above)", "fix the failing step and rerun")
     if code:
         step, log = failing_step(lines)
         if req.progress != "plain":
             sys.stderr.write("\n".join(log[-60:]) + "\n")
         raise BuildError(f"the image build failed at {_short(step, 70)}: {_short(failure_reason(log), 200)}",
                          "fix the failing step (its log is above) and rerun")
+
+
+def kill_group(proc: "subprocess.Popen[str]") -> None:
+    """SIGKILL the builder's whole process group (the CLI and whatever it started), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _timed_out(req: BuildRequest) -> BuildError:
@@ -191,7 +207,7 @@ class BuildctlBuilder(BuildKitBuilder):
             "build", "--frontend", "dockerfile.v0",
             "--local", f"context={req.context}", "--local", f"dockerfile={req.context}",
             "--output", _output_arg(req), "--metadata-file", str(metadata),
-            "--progress", "tty" if _tty(req) else "plain",
+            "--progress", "tty" if _tty(req) else "plain", "--opt", "force-network-mode=none",
         ] + _secret_args(req)
 
 
@@ -204,7 +220,7 @@ class BuildxBuilder(BuildKitBuilder):
     def command(self, req: BuildRequest, metadata: Path) -> List[str]:
         return [
             self.docker, "buildx", "build", "--output", _output_arg(req), "--metadata-file", str(metadata),
-            "--progress", "auto" if _tty(req) else "plain", "-f", str(req.context / "Dockerfile"),
+            "--progress", "auto" if _tty(req) else "plain", "--network", "none", "-f", str(req.context / "Dockerfile"),
         ] + _secret_args(req) + [str(req.context)]
 
 
@@ -218,7 +234,7 @@ class DockerBuilder(BuildKitBuilder):
 
     def command(self, req: BuildRequest, metadata: Optional[Path] = None) -> List[str]:
         return [
-            self.docker, "build", "--progress", "auto" if _tty(req) else "plain",
+            self.docker, "build", "--progress", "auto" if _tty(req) else "plain", "--network", "none",
             "-f", str(req.context / "Dockerfile"), "-t", str(req.target),
         ] + _secret_args(req) + [str(req.context)]
 

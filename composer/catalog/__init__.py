@@ -11,7 +11,7 @@ from composer.model.refs import check_name
 from composer.oci import connect
 from composer.history import read_history
 from composer.settings import Settings
-from composer.store import build_records_of, envs_repository, newest_record
+from composer.store import build_records_of, envs_repository, name_key, newest_record
 
 
 def resolve(settings: Settings, name: str) -> Tuple[str, BuildRecord, str]:
@@ -33,12 +33,15 @@ def resolve(settings: Settings, name: str) -> Tuple[str, BuildRecord, str]:
         if desc is None:
             raise NotFoundError(f"no environment named {name!r} in {settings.registry}", hint)
         digest, target = desc.digest, name
-    described = build_records_of(reg, repo, digest)
+    # The shared referrers index, and the name's own record tag (the index may have lost the
+    # record to a concurrent writer; the own tag only this name's publishers write).
+    described = build_records_of(reg, repo, digest, [name_key(target)])
     records = [r for r in described if r[0].name == target]
     if not records and not version:
         # No record under this name: it may be an alias, whose records are its target's.
         newest = read_history(reg, repo, name)[-1:]
         if newest and newest[0].image.digest == digest and newest[0].alias_of:
+            described = build_records_of(reg, repo, digest, [name_key(newest[0].alias_of)])
             records = [r for r in described if r[0].name == newest[0].alias_of]
     if not records:
         raise VerificationError(f"{name!r} points to {digest} but no composer record describes it",

@@ -15,7 +15,7 @@ from typing import List, Optional
 from composer import kinds
 from composer.catalog import resolve
 from composer.catalog.listing import names as list_names
-from composer.errors import ComposerError
+from composer.errors import ComposerError, UsageError
 from composer.model.records import BuildRecord
 from composer.model.refs import parse_image_ref
 from composer.oci import connect
@@ -23,6 +23,29 @@ from composer.pipeline import build
 from composer.settings import Settings
 from composer.store import envs_repository
 from composer.upstream.runs import load_run
+
+
+def extras_file(extra: Optional[str], root: Optional[Path] = None) -> Optional[Path]:
+    """The extras file a record names (inputs.extra: registry data, so untrusted), if it lies
+    inside the directory rebuild runs in (root): a record can never make rebuild read
+    /etc/shadow or ../../secrets. None otherwise."""
+    if not extra or any(ord(c) < 32 or ord(c) == 127 for c in extra):
+        return None
+    base = (root or Path.cwd()).resolve()
+    path = Path(extra)
+    full = (path if path.is_absolute() else base / path).resolve()
+    if full != base and base not in full.parents:
+        return None
+    return full if full.is_file() else None
+
+
+def read_extras_quietly(path: Path, name: str) -> tuple:
+    """The extras a file asks for; an error names the file, never a line of it (the file may be
+    something else than an extras file, and its contents must not reach a log)."""
+    try:
+        return tuple(kinds.read_extras(path))
+    except ComposerError as exc:
+        raise UsageError(f"the extras file of {name!r} ({path.name}) cannot be read as extras", "fix or restore the file") from exc
 
 
 def triggers(settings: Settings, record: BuildRecord) -> "tuple[List[str], Optional[str]]":
@@ -33,7 +56,8 @@ def triggers(settings: Settings, record: BuildRecord) -> "tuple[List[str], Optio
     if upstream_digest != record.upstream_record:
         reasons.append(f"upstream run {record.upstream_run} was re-recorded")
     extra = record.inputs.get("extra")
-    if extra and Path(extra).exists() and tuple(kinds.read_extras(Path(extra))) != record.lock.requirements:
+    path = extras_file(extra)
+    if path is not None and read_extras_quietly(path, record.name) != record.lock.requirements:
         reasons.append(f"extras file {extra} changed")
     moved = None
     tag = record.base.tag
@@ -60,10 +84,12 @@ def rebuild(settings: Settings, wanted: List[str], dry_run: bool = False) -> dic
                 continue
             extra = record.inputs.get("extra")
             if extra is None and record.conda is None:
-                extra = list(record.lock.requirements)  # given inline: compose the recorded requirements again
-            elif not extra or not Path(extra).exists():
-                raise ComposerError(f"the extras file {name!r} was built from ({extra}) is not here",
-                                    "run rebuild where the build ran (the path is relative to it)")
+                source = list(record.lock.requirements)  # given inline: compose the recorded requirements again
+            elif extras_file(extra) is None:
+                raise ComposerError(f"the extras file {name!r} was built from ({extra}) is not in this directory",
+                                    "run rebuild in the directory the build ran in (paths outside it are never read)")
+            else:
+                source = str(extras_file(extra))
             reasons, moved = triggers(settings, record)
             entry.update(before=record.image.digest, reasons=reasons)
             if not reasons:
@@ -71,7 +97,7 @@ def rebuild(settings: Settings, wanted: List[str], dry_run: bool = False) -> dic
             elif dry_run:
                 entry["status"] = "stale"
             else:
-                result = build(settings, record.upstream_run, extra, name=name, update=True, base_update=moved)
+                result = build(settings, record.upstream_run, source, name=name, update=True, base_update=moved)
                 entry.update(status="rebuilt" if result.digest != record.image.digest else "up-to-date",
                              after=result.digest, ref=result.ref, cached=result.cached)
         except ComposerError as exc:

@@ -28,7 +28,6 @@ import json
 import os
 import platform as host_platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
 from composer import state
-from composer.dockerfile import fill, load_template
+from composer.dockerfile import checked_value, fill, label_value, load_template, shell_word, site_dir
 from composer.errors import BuildError, EnvironmentProblem, LockConflictError, UsageError
 from composer.kinds.base import Composition, EnvironmentKind
 from composer.kinds.pip import Lock, lock_extras, lock_from_cache, lock_hash, secretless
@@ -374,6 +373,8 @@ def python_pins(conda_packages: List[dict], distributions: List[dict]) -> List[d
         if p["name"] in ("python", "python_abi") or not (p.get("noarch") == "python" or "python" in deps):
             continue
         name = canonical_name(p["name"])
+        if not re.match(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z", name):
+            continue  # not a Python distribution name (conda allows '+'): nothing uv could pin
         try:
             Version(p["version"])
         except InvalidVersion:
@@ -559,21 +560,21 @@ def render_conda(*, base_ref: str, base_name: str, base_digest: str, python: dic
     if syntax and not re.match(r"^[A-Za-z0-9._/:@-]+$", syntax):
         raise UsageError(f"dockerfile syntax {syntax!r} is not an image reference", "e.g. docker/dockerfile:1.7")
     text, template = load_template(TEMPLATE_KIND)
-    label = lambda v: v.replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
     micromamba = {"micromamba-host": HOST_MICROMAMBA, "micromamba-image": installer.path}.get(installer.kind)
     values = {
         "syntax_line": f"# syntax={syntax}\n" if syntax else "",
-        "base_ref": base_ref,
-        "base_name": label(base_name),
-        "base_digest": base_digest,
-        "prefix": shlex.quote(prefix) if prefix else "''",
-        "micromamba": shlex.quote(micromamba) if micromamba else "false",
-        "python": shlex.quote(python["executable"]),
+        "base_ref": checked_value(base_ref, "the upstream image"),
+        "base_name": label_value(base_name, "the upstream image's name"),
+        "base_digest": checked_value(base_digest, "the upstream image's digest"),
+        "prefix": shell_word(prefix, "the upstream's conda prefix") if prefix else "''",
+        "micromamba": shell_word(micromamba, "the image's micromamba") if micromamba else "false",
+        "python": shell_word(python["executable"], "the upstream's python executable"),
+        "site": shell_word(site_dir(python), "the upstream's site-packages"),
         "install_flags": "--break-system-packages" if python.get("externally_managed") else "",
-        "spec_hash": spec_hash,
+        "spec_hash": checked_value(spec_hash, "the spec hash"),
         "template": template,
-        "python_label": label(python["executable"]),
-        "prefix_label": label(prefix),
+        "python_label": label_value(python["executable"], "the upstream's python executable"),
+        "prefix_label": label_value(prefix, "the upstream's conda prefix"),
         "composer_version": __version__,
     }
     return fill(text, values), template

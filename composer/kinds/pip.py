@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from composer.dockerfile import render_pip
-from composer.errors import EnvironmentProblem, LockConflictError, UsageError
+from composer.errors import EnvironmentProblem, LockConflictError, UsageError, VerificationError
 from composer.kinds.base import Composition, EnvironmentKind
 from composer.model.canonical import canonical_json, sha256_digest
 from composer.model.records import RunRecord
@@ -26,6 +26,30 @@ from composer.requirements import canonical_name, read_requirements
 from composer.settings import Settings
 
 _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+# What may be written into a file uv reads (constraints, lock): one PEP 503 name, one PEP 440
+# version with nothing around it, artifact hashes. Anything else could become an option line
+# (--extra-index-url ...) that makes uv fetch and build code from a server nobody configured.
+_SAFE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\Z")
+_SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*\Z")
+_SAFE_HASH = re.compile(r"^(?:sha256|sha384|sha512):[a-f0-9]+\Z")
+
+
+def safe_pin(name: object, version: object, what: str) -> str:
+    """name==version for a file uv reads, or a VerificationError (exit 7): the values came from a
+    record or an image, and a newline or an option in them must never reach uv."""
+    from packaging.version import InvalidVersion, Version
+
+    ok = isinstance(name, str) and isinstance(version, str) and bool(_SAFE_NAME.match(name)) \
+        and bool(_SAFE_VERSION.match(version))
+    if ok:
+        try:
+            Version(version)
+        except InvalidVersion:
+            ok = False
+    if not ok:
+        raise VerificationError(f"{what} pins {str(name)[:60]!r}=={str(version)[:60]!r}, which is not a PEP 503 name "
+                                "and PEP 440 version", "re-record the upstream run; check who can push to the registry")
+    return f"{name}=={version}"
 
 
 @dataclass(frozen=True)
@@ -38,8 +62,11 @@ class Lock:
         """The lock file the build installs, hash-checked, one package per entry."""
         lines = []
         for p in self.added:
+            bad = [h for h in p["hashes"] if not isinstance(h, str) or not _SAFE_HASH.match(h)]
+            if bad:
+                raise VerificationError(f"the lock holds a malformed hash for {str(p['name'])[:60]!r}", "clear composer's cache and rerun")
             hashes = " ".join(f"--hash={h}" for h in p["hashes"])
-            lines.append(f"{p['name']}=={p['version']} {hashes}".rstrip())
+            lines.append(f"{safe_pin(p['name'], p['version'], 'the lock')} {hashes}".rstrip())
         return "\n".join(lines) + "\n"
 
 
@@ -89,7 +116,7 @@ def lock_extras(settings: Settings, requirements: List[str], pins: Dict[str, str
         extras_in = Path(tmp, "extras.in")
         extras_in.write_text("\n".join(requirements) + "\n", encoding="utf-8")
         pins_txt = Path(tmp, "upstream-pins.txt")
-        pins_txt.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())), encoding="utf-8")
+        pins_txt.write_text("".join(safe_pin(n, v, f"run {run_id}") + "\n" for n, v in sorted(pins.items())), encoding="utf-8")
         cmd = [
             uv_binary(), "pip", "compile", str(extras_in), "-c", str(pins_txt),
             "--python-version", py, "--python-platform", plat,

@@ -9,7 +9,7 @@ distribution registry 2.8 among them) the client keeps the referrers tag schema
 from __future__ import annotations
 
 import json
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from composer.errors import VerificationError
 from composer.model.canonical import canonical_json, sha256_digest
@@ -34,14 +34,18 @@ def artifact_manifest(artifact_type: str, blob: Descriptor, annotations: dict, s
 
 
 def push_artifact(reg: Registry, repo: str, document: dict, artifact_type: str, annotations: dict,
-                  *, subject: Optional[Descriptor] = None, tag: Optional[str] = None) -> Descriptor:
-    """Push document as an artifact (blobs first, then the manifest); returns the manifest's descriptor."""
+                  *, subject: Optional[Descriptor] = None, tag: Optional[str] = None,
+                  more_tags: Sequence[str] = ()) -> Descriptor:
+    """Push document as an artifact (blobs first, then the manifest at tag and more_tags, then
+    the referrers tag when the registry has no referrers API); returns the manifest's descriptor."""
     body = canonical_json(document)
     blob = reg.push_blob(repo, body, artifact_type)
     blob = Descriptor(blob.media_type, blob.digest, blob.size, annotations={TITLE: "record.json"})
     reg.push_blob(repo, EMPTY_JSON, OCI_EMPTY)
     manifest = artifact_manifest(artifact_type, blob, annotations, subject)
     desc, subject_processed = reg.put_manifest(repo, tag or sha256_digest(manifest), manifest, OCI_MANIFEST)
+    for extra in more_tags:
+        reg.put_manifest(repo, extra, manifest, OCI_MANIFEST)
     desc = Descriptor(desc.media_type, desc.digest, desc.size, artifact_type=artifact_type, annotations=annotations)
     if subject is not None and not subject_processed:
         reg.add_referrer_to_tag(repo, subject.digest, desc)

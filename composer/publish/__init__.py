@@ -14,8 +14,11 @@ rerun completes the work (COMPOSER_TEST_CRASH_AT kills the process after each st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -29,8 +32,10 @@ from composer.oci.client import Descriptor, Registry
 from composer.history import append_version
 from composer.publish.lease import build_once
 from composer.settings import Settings
+from composer.oci.artifacts import push_artifact, read_artifact
 from composer.store import (
-    build_records_of, load_run_record, newest_record, runs_repository, write_build_record, write_run_record,
+    build_records_of, load_run_record, name_key, newest_record, relist_record, runs_repository, spec_key,
+    write_build_record, write_run_record,
 )
 from composer.upstream.runs import composed_run_record
 
@@ -90,24 +95,48 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
     """Find or build the composition, then publish it under name (see the module's docstring).
     build_it builds and pushes the image and returns its (not yet published) record."""
     keys = [name] + ([run_id] if run_id else [])
-    found = cached_image(reg, repo, spec)
-    check_name_free(reg, repo, name, spec, update, found)
+    found = cached_image(reg, repo, spec, name)
+    exists = check_name_free(reg, repo, name, spec, update, found)
+    if found is None:
+        check_run_ids_free(settings, keys)  # before anything is written or built
+    claim = NameClaim(reg, repo, name, spec, settle=min(settings.lease_poll, CLAIM_SETTLE)) if not exists and not update else None
+    if claim is not None:
+        claim.stake()  # a concurrent build of another composition under this new name: one of us fails now
+    try:
+        return _publish(settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id, provenance=provenance,
+                        upstream=upstream, comp=comp, build_it=build_it, found=found, claim=claim, keys=keys)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: str, update: bool, run_id: Optional[str],
+             provenance: Provenance, upstream: RunRecord, comp: Composition, build_it: Callable[[], Tuple[BuildRecord, Image]],
+             found: Optional[Found], claim: Optional["NameClaim"], keys: List[str]) -> BuildResult:
+
+    def still_ours() -> None:
+        """Right before anything is written under name: no concurrent build of another
+        composition took the name (its claim, or the name itself) since we checked."""
+        if claim is not None:
+            claim.check()
+        check_name_free(reg, repo, name, spec, update)
 
     def build_and_store() -> Found:
         record, _ = build_it()
         image = verify_image(settings, reg, repo, record.image.digest, parse_image_ref(record.base.pinned))
         checkpoint("after-image-push")
-        desc = write_build_record(reg, repo, record, image)
+        still_ours()
+        desc = write_build_record(reg, repo, record, image, [name_key(name), spec_key(spec)])
         checkpoint("after-record")
         reg.tag(repo, image.digest, spec_tag(spec))
         checkpoint("after-spec-tag")
+        still_ours()
         store_as_upstream(settings, record, upstream, comp, keys)
         return image, [(record, desc)]
 
     built = False
     if found is None:
-        check_run_ids_free(settings, keys)  # before anything is built
-        found, built = build_once(reg, repo, spec, lambda: cached_image(reg, repo, spec), build_and_store, settings)
+        found, built = build_once(reg, repo, spec, lambda: cached_image(reg, repo, spec, name), build_and_store, settings)
     image, records = found
     own = [r for r in records if r[0].name == name]
     newest = newest_record(own) if own else None
@@ -116,18 +145,73 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
         # this name gets a record of its own, with its own provenance.
         if not built:
             check_run_ids_free(settings, keys)  # before anything is written
+        still_ours()
         record = with_provenance(records[0][0], name, spec, provenance)
-        newest = (record, write_build_record(reg, repo, record, image))
+        newest = (record, write_build_record(reg, repo, record, image, [name_key(name)]))
         store_as_upstream(settings, record, upstream, comp, keys)
     elif run_id and not built:  # a reused composition still becomes this run's environment
+        still_ours()
         ensure_run_record(settings, newest[0], upstream, comp, run_id)
     record, record_desc = newest
-    # The name's history, then the name tag, last.
+    # The name's history, then the name tag, last; each checked once more just before.
+    still_ours()
     append_version(reg, repo, name, image, record_desc.digest, spec, "built" if built else "reused")
+    still_ours()
     reg.tag(repo, image.digest, unique_tag(name, spec), name)
+    # The shared referrers index may have lost our record to a concurrent writer: put it back
+    # (best effort; `resolve` finds it at the name's own record tag regardless).
+    if record_desc.artifact_type:
+        relist_record(reg, repo, image, record_desc)
     full = f"{settings.registry_host}/{repo}"
     return BuildResult(name, f"{full}@{image.digest}", full, image.digest, unique_tag(name, spec), not built,
                        record_desc.digest, spec, record.builder if built else None)
+
+
+# -- a new name, claimed ------------------------------------------------------------------------
+CLAIM_TYPE = "application/vnd.composer.name-claim.v1+json"
+CLAIM_SETTLE = 0.25  # seconds between writing a claim and reading it back (at most the lease poll)
+
+
+def claim_tag(name: str) -> str:
+    return f"lease-name-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:32]}"
+
+
+class NameClaim:
+    """Two builds of different compositions under one new name, without --update: exactly one
+    may succeed. Registries have no compare-and-swap, so each writes a claim (last writer
+    wins), waits a moment, and reads it back: a build that finds another composition's claim
+    fails with one line. The claim is read again right before anything is written under the
+    name, and the name itself is rechecked then too, so a build that started after the other
+    had read its claim back still loses once the other has moved the name."""
+
+    def __init__(self, reg: Registry, repo: str, name: str, spec: str, settle: float):
+        self.reg, self.repo, self.name, self.spec, self.settle = reg, repo, name, spec, settle
+        self.owner = uuid.uuid4().hex
+        self.digest: Optional[str] = None
+
+    def stake(self) -> None:
+        doc = {"owner": self.owner, "name": self.name, "spec_hash": self.spec, "created": utc_now()}
+        self.digest = push_artifact(self.reg, self.repo, doc, CLAIM_TYPE, {}, tag=claim_tag(self.name)).digest
+        time.sleep(self.settle)
+        self.check()
+
+    def check(self) -> None:
+        got = read_artifact(self.reg, self.repo, claim_tag(self.name), CLAIM_TYPE)
+        doc = got[0] if got and isinstance(got[0], dict) else None
+        if doc is None or doc.get("owner") == self.owner or doc.get("spec_hash") == self.spec:
+            return  # ours, or the same composition, or released by a winner (the name check decides)
+        raise UsageError(
+            f"name {self.name!r} is being published by a concurrent build of a different composition",
+            "choose another name, or pass --update to publish a new version under it",
+        )
+
+    def release(self) -> None:
+        try:
+            if self.digest:
+                self.reg.delete_manifest(self.repo, self.digest)
+                self.digest = None
+        except Exception:  # a claim left behind decides nothing: the next one overwrites it
+            pass
 
 
 def with_provenance(content: BuildRecord, name: str, spec: str, provenance: Provenance) -> BuildRecord:
@@ -137,32 +221,39 @@ def with_provenance(content: BuildRecord, name: str, spec: str, provenance: Prov
                    inputs=dict(provenance.inputs), created=utc_now())
 
 
-def cached_image(reg: Registry, repo: str, spec: str) -> Optional[Found]:
+def cached_image(reg: Registry, repo: str, spec: str, name: Optional[str] = None) -> Optional[Found]:
     """The image already built for this spec, with its verified records, or None.
 
     Only a 404 means "not built"; any other registry answer raises. An image without a
-    matching record (a publish that crashed) is not a hit.
+    matching record (a publish that crashed) is not a hit. Records are read from the shared
+    referrers index and from the builder's and the name's own record tags.
     """
     desc = reg.head_manifest(repo, spec_tag(spec))
     if desc is None:
         return None
-    records = [r for r in build_records_of(reg, repo, desc.digest) if r[0].spec_hash == spec]
+    keys = [spec_key(spec)] + ([name_key(name)] if name else [])
+    records = [r for r in build_records_of(reg, repo, desc.digest, keys) if r[0].spec_hash == spec]
     return (desc, records) if records else None
 
 
-def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool, found: Optional[Found] = None) -> None:
+def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool, found: Optional[Found] = None) -> bool:
     """A name points at one composition; moving it to another needs --update. found: the cached
-    image of spec, whose records need not be read twice when the name already points at it."""
+    image of spec, whose records need not be read twice when the name already points at it.
+    Returns whether the name exists."""
     current = reg.head_manifest(repo, name)
-    if current is None or update:
-        return
-    records = found[1] if found is not None and found[0].digest == current.digest else build_records_of(reg, repo, current.digest)
+    if current is None:
+        return False
+    if update:
+        return True
+    records = found[1] if found is not None and found[0].digest == current.digest else \
+        build_records_of(reg, repo, current.digest, [name_key(name)])
     specs = {r.spec_hash for r, _ in records if r.name == name}
     if spec not in specs:
         raise UsageError(
             f"name {name!r} already points to a different composition ({current.digest[:19]})",
             "choose another name, or pass --update to publish a new version under it",
         )
+    return True
 
 
 def check_run_ids_free(settings: Settings, keys: List[str]) -> None:

@@ -5,15 +5,16 @@ builder writes its lease under lease-<spec hash> and reads it back; a builder
 that sees another's live lease waits for the spec tag and then uses that image.
 Builders that raced (both read back their own lease) both build, but only the
 last writer publishes: each checks the lease again right before its record. The holder
-renews the lease while it builds; a lease that stops being renewed, or whose
-holder is a dead process on this host, is taken over. This keeps concurrent
+renews the lease while it builds; a lease that a waiter has seen unchanged for the stale
+time (by its own monotonic clock: no two machines' clocks are compared), or whose holder is
+a dead process in the waiter's own pid namespace (not merely on a host of the same name),
+is taken over. This keeps concurrent
 identical builds to one image and one record without any local shared state.
 """
 
 from __future__ import annotations
 
 import contextvars
-import datetime as _dt
 import os
 import socket
 import threading
@@ -46,12 +47,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _age(stamp: str) -> float:
+def pid_namespace() -> Optional[str]:
+    """This process's pid namespace, as `<boot id>/<namespace inode>`: equal only for processes
+    that share one pid namespace on one running kernel (a hostname is shared by containers
+    with host networking, and reused across machines; this is not). None when unknown."""
     try:
-        then = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except (ValueError, AttributeError):
-        return float("inf")
-    return (_dt.datetime.now(_dt.timezone.utc) - then).total_seconds()
+        boot = open("/proc/sys/kernel/random/boot_id", encoding="ascii").read().strip()
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{ns}" if boot and ns else None
+
+
+class Observations:
+    """Staleness by local observation: a lease is stale once this process has seen the very
+    same lease document (its manifest digest: every renewal writes a new one) for longer than
+    the stale time, measured with this machine's monotonic clock. No other machine's clock
+    is ever compared with ours, so a skewed clock can neither take a live lease nor keep a
+    dead one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.seen: Optional[Tuple[str, float]] = None
+
+    def unchanged_for(self, digest: str) -> float:
+        now = self.clock()
+        if self.seen is None or self.seen[0] != digest:
+            self.seen = (digest, now)
+        return now - self.seen[1]
 
 
 class _Lease:
@@ -64,20 +87,31 @@ class _Lease:
         self._renewer: Optional[threading.Thread] = None
 
     def _doc(self) -> dict:
-        return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "spec_hash": self.spec, "renewed": utc_now()}
+        # renewed: for people reading the lease; staleness never compares it with a clock here.
+        return {"owner": self.owner, "host": self.host, "pid": os.getpid(), "pid_namespace": pid_namespace(),
+                "spec_hash": self.spec, "renewed": utc_now()}
 
     def read(self) -> Optional[dict]:
         got = read_artifact(self.reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
-        return got[0] if got and isinstance(got[0], dict) else None
+        if not got or not isinstance(got[0], dict):
+            return None
+        return {**got[0], "_digest": got[1].digest}
 
     def write(self, reg: Optional[Registry] = None) -> None:
         desc = push_artifact(reg or self.reg, self.repo, self._doc(), LEASE_TYPE, {}, tag=lease_tag(self.spec))
         self.digest = desc.digest
 
-    def stale(self, lease: dict) -> bool:
-        if lease.get("host") == self.host and isinstance(lease.get("pid"), int) and not _pid_alive(lease["pid"]):
-            return True  # its holder died on this machine: no need to wait out the clock
-        return _age(lease.get("renewed", "")) > self.settings.lease_stale
+    def stale(self, lease: dict, seen: Optional[Observations] = None) -> bool:
+        """Is another builder's lease abandoned? Its holder is dead in our own pid namespace
+        (checked only where the namespace is known to be shared: a hostname is not enough), or
+        this process has watched the same lease document go unrenewed for the stale time."""
+        ns = lease.get("pid_namespace")
+        pid = lease.get("pid")
+        if ns and ns == pid_namespace() and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 \
+                and pid != os.getpid() and not _pid_alive(pid):
+            return True  # its holder died in this pid namespace: no need to wait out the clock
+        seen = seen if seen is not None else Observations()
+        return seen.unchanged_for(str(lease.get("_digest") or lease.get("owner"))) > self.settings.lease_stale
 
     def _renew(self) -> None:
         reg = self.reg.clone()  # a client of its own: requests sessions are not shared across threads
@@ -134,13 +168,14 @@ def build_once(reg: Registry, repo: str, spec: str, find: Callable[[], Optional[
     """
     deadline = time.monotonic() + settings.lease_wait
     poll = settings.lease_poll
+    seen = Observations()
     while time.monotonic() < deadline:
         found = find()
         if found is not None:
             return found, False
         lease = _Lease(reg, repo, spec, settings)
         current = lease.read()
-        if current is not None and not lease.stale(current):
+        if current is not None and not lease.stale(current, seen):
             time.sleep(poll)  # another builder holds it: wait for its spec tag
             continue
         lease.write()

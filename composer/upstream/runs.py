@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
-from composer.errors import NotFoundError, UsageError
+from composer.errors import NotFoundError, UsageError, VerificationError
 from composer.model.records import RUN_RECORD_SCHEMA, Distribution, Image, RunRecord, utc_now
 from composer.history import append_version, read_history
 from composer.model.refs import ImageRef, run_tag
@@ -95,7 +95,11 @@ def build_run_record(run_id: str, image: ImageRef, config: dict, probe: dict, di
         "created": utc_now(),
     }
     if probe.get("conda"):
-        document["conda"] = conda_meta.run_record_section(probe["conda"])
+        try:
+            document["conda"] = conda_meta.run_record_section(probe["conda"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # the image's word, malformed
+            raise VerificationError(f"the environment of image {image.pinned()}: its conda prefix report is malformed "
+                                    f"({type(exc).__name__})", "check the image; re-record the run with another one") from exc
     return RunRecord.from_json(document, f"the environment of image {image.pinned()}")
 
 

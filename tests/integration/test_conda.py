@@ -152,7 +152,7 @@ def test_environment_yml_composes_into_the_prefix(env, prefix, conda_run, conda_
     assert {p["name"] for p in shown["conda"]["packages"]} == {"libtiny", "python", "tinycore", "tinyplot", "tinyshap", "tinyutil"}
     assert shown["lock"]["added"] == ["iniconfig"]
     assert shown["lock"]["requirements"] == [f"channel:{url}", "conda:tinyplot", "conda:tinyshap", "iniconfig==2.0.0"]
-    assert "# composer-template: conda/1" in shown["dockerfile"]
+    assert "# composer-template: conda/2" in shown["dockerfile"]
     labels = json.loads(subprocess.run(["docker", "inspect", "--format", "{{json .Config.Labels}}", out["ref"]],
                                        capture_output=True, text=True, check=True).stdout)
     assert labels["dev.composer.spec-hash"] == out["spec_hash"] and labels["dev.composer.conda-prefix"] == PREFIX

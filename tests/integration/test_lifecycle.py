@@ -13,8 +13,8 @@ pytestmark = pytest.mark.integration
 NO_BUILDER = {"COMPOSER_BUILDER": "buildctl", "BUILDKIT_HOST": "unix:///nonexistent.sock"}
 
 
-def _json(*args, env) -> dict:
-    proc = run_cli(*args, "--json", env=env)
+def _json(*args, env, cwd=None) -> dict:
+    proc = run_cli(*args, "--json", env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -73,15 +73,15 @@ def test_rebuild_on_each_trigger(env, prefix, tmp_path, model_a):
     first_base = _json("show", "expl", env=env)["record"]["base"]["digest"]
 
     # Nothing changed: nothing is built (no builder is even available), and it says so.
-    calm = _json("rebuild", env={**env, **NO_BUILDER})
+    calm = _json("rebuild", env={**env, **NO_BUILDER}, cwd=tmp_path)
     assert [(r["name"], r["status"]) for r in calm["results"]] == [("expl", "up-to-date")] and not calm["changed"]
-    assert run_cli("rebuild", "--dry-run", env=env).returncode == 0
+    assert run_cli("rebuild", "--dry-run", env=env, cwd=tmp_path).returncode == 0
 
     # Trigger 1: the extras file changed.
     with open(extra, "a") as f:
         f.write("six==1.16.0\n")
-    assert run_cli("rebuild", "--dry-run", env=env).returncode == 10
-    r1 = _json("rebuild", "expl", env=env)["results"][0]
+    assert run_cli("rebuild", "--dry-run", env=env, cwd=tmp_path).returncode == 10
+    r1 = _json("rebuild", "expl", env=env, cwd=tmp_path)["results"][0]
     assert r1["status"] == "rebuilt" and "extras file" in r1["reasons"][0]
     assert run_cli("ref", "expl", env=env).stdout.strip() == r1["ref"] != first["ref"]
 
@@ -90,7 +90,7 @@ def test_rebuild_on_each_trigger(env, prefix, tmp_path, model_a):
     subprocess.run(["/usr/bin/docker", "build", "-q", "-t", model, str(tmp_path)], check=True, capture_output=True,
                    env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"})
     subprocess.run(["docker", "push", model], check=True, capture_output=True)
-    r2 = _json("rebuild", env=env)["results"][0]
+    r2 = _json("rebuild", env=env, cwd=tmp_path)["results"][0]
     assert r2["status"] == "rebuilt" and "base tag 1 now points" in r2["reasons"][0]
     shown = _json("show", "expl", env=env)["record"]
     assert shown["base"]["digest"] != first_base and shown["base"]["tag"] == "1"
@@ -103,7 +103,7 @@ def test_rebuild_on_each_trigger(env, prefix, tmp_path, model_a):
                    check=True, capture_output=True)
     assert run_cli("record", "--run", "Train/1", "--image", upstream2, env=env).returncode == 2  # another image: --update
     assert run_cli("record", "--run", "Train/1", "--image", upstream2, "--update", env=env).returncode == 0
-    r3 = _json("rebuild", env=env)["results"][0]
+    r3 = _json("rebuild", env=env, cwd=tmp_path)["results"][0]
     assert r3["status"] == "rebuilt" and "re-recorded" in r3["reasons"][0]
     attrs = subprocess.run(["docker", "run", "--rm", r3["ref"], "python", "-c",
                             "import importlib.metadata as m; print(m.version('attrs'), m.version('six'))"],
@@ -111,5 +111,5 @@ def test_rebuild_on_each_trigger(env, prefix, tmp_path, model_a):
     assert attrs.stdout.strip() == "23.2.0 1.16.0"
 
     # And idempotent again.
-    assert _json("rebuild", env={**env, **NO_BUILDER})["results"][0]["status"] == "up-to-date"
+    assert _json("rebuild", env={**env, **NO_BUILDER}, cwd=tmp_path)["results"][0]["status"] == "up-to-date"
     assert len(_json("history", "expl", env=env)["versions"]) == 4

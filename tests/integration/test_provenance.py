@@ -33,8 +33,8 @@ def show(name: str, env: dict) -> dict:
     return json.loads(proc.stdout)["record"]
 
 
-def rebuild_dry(env: dict) -> dict:
-    proc = run_cli("rebuild", "--dry-run", "--json", env=env)
+def rebuild_dry(env: dict, cwd) -> dict:
+    proc = run_cli("rebuild", "--dry-run", "--json", env=env, cwd=cwd)  # where the extras are: rebuild reads no other
     assert proc.returncode in (0, 10), proc.stderr
     return {r["name"]: r for r in json.loads(proc.stdout)["results"]}
 
@@ -61,7 +61,7 @@ def test_a_reused_composition_keeps_each_names_own_provenance(env, prefix, model
 
     # B's base tag moves: only B is stale, for its own tag.
     copy_image(BASE_REF, other)
-    states = rebuild_dry(env)
+    states = rebuild_dry(env, tmp_path)
     assert states["A"]["status"] == "up-to-date", states["A"]
     assert states["B"]["status"] == "stale" and any("v9" in r for r in states["B"]["reasons"]), states["B"]
 
@@ -69,7 +69,7 @@ def test_a_reused_composition_keeps_each_names_own_provenance(env, prefix, model
     pins = tmp_path / "pins.txt"
     pins.write_text("attrs==23.1.0\npackaging==23.2\n")
     assert run_cli("record", "--run", "R1", "--image", trainer, "--requirements", str(pins), env=env).returncode == 0
-    states = rebuild_dry(env)
+    states = rebuild_dry(env, tmp_path)
     assert states["A"]["status"] == "stale" and any("R1" in r for r in states["A"]["reasons"]), states["A"]
     assert not any("R1" in r for r in states["B"]["reasons"]), states["B"]
 

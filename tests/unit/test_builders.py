@@ -4,6 +4,8 @@ lines and build(job) (with stand-in commands, no BuildKit), and finding the fail
 from __future__ import annotations
 
 import json
+import os
+import time
 import sys
 from pathlib import Path
 from typing import Dict, Optional
@@ -376,3 +378,27 @@ def test_build_timeout_from_settings():
     slow = "import time; time.sleep(60)"
     with pytest.raises(BuildError, match="took over 1s"):
         ScriptBuilder(slow).build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet", build_timeout=1)))
+
+
+def test_build_timeout_kills_the_builders_whole_process_group(tmp_path):
+    """The watchdog kills the CLI and what it started (BuildKit's session, a helper), not only
+    the CLI: nothing keeps building after composer has answered."""
+    pidfile = tmp_path / "grandchild.pid"
+    script = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(pidfile)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    start = time.monotonic()
+    with pytest.raises(BuildError, match="took over 1s"):
+        ScriptBuilder(script).build(make_job(Settings(registry="127.0.0.1:5000/ml", progress="quiet", build_timeout=1)))
+    assert time.monotonic() - start < 10
+    pid = int(pidfile.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().split()[2] == "Z":
+                break  # killed, waiting for its (gone) parent's reaper
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the builder's child {pid} outlived the timeout")

@@ -393,7 +393,7 @@ def _render(installer, prefix="/opt/conda", syntax=None):
 
 def test_render_conda_template():
     text, template = _render(conda.Installer("py-rattler"))
-    assert template == "conda/1" and text.startswith("# composer-template: conda/1\n")
+    assert template == "conda/2" and text.startswith("# composer-template: conda/2\n")
     assert f"FROM 127.0.0.1:5000/m/a@{BASE}" in text
     assert "P=/opt/conda;" in text and "false install --yes --offline" in text  # no micromamba: that branch never runs
     assert "--python /opt/conda/bin/python" in text and "--break-system-packages" not in text

@@ -16,15 +16,18 @@ import pytest
 from composer.errors import BuildError
 from composer.model.records import utc_now
 from composer.oci.artifacts import push_artifact, read_artifact
-from composer.publish.lease import LEASE_TYPE, LostLease, build_once, confirm_ownership, lease_tag
+from composer.publish.lease import (
+    LEASE_TYPE, LostLease, Observations, build_once, confirm_ownership, lease_tag, pid_namespace,
+)
 
 SPEC = "sha256:" + "5e" * 32
 
 
 def foreign_lease(lab, *, owner: str = "someone-else", host: str = "build-host-2", pid: int = 4242,
-                  renewed: str = "") -> None:
+                  renewed: str = "", pid_ns: "str | None" = "other-boot/pid:[1]") -> None:
     """Another builder's lease, as its _Lease.write would store it."""
-    doc = {"owner": owner, "host": host, "pid": pid, "spec_hash": SPEC, "renewed": renewed or utc_now()}
+    doc = {"owner": owner, "host": host, "pid": pid, "pid_namespace": pid_ns, "spec_hash": SPEC,
+           "renewed": renewed or utc_now()}
     push_artifact(lab.reg, lab.envs, doc, LEASE_TYPE, {}, tag=lease_tag(SPEC))
 
 
@@ -103,12 +106,17 @@ def test_a_live_lease_held_by_a_running_process_on_this_host_is_waited_for(bare_
     assert calls.builds == 0
 
 
-@pytest.mark.parametrize("why", ["not renewed", "dead process on this host"])
-def test_a_stale_lease_is_taken_over(bare_lab, why):
-    if why == "not renewed":
-        foreign_lease(bare_lab, renewed="2020-01-01T00:00:00Z")  # older than lease_stale
-    else:
-        foreign_lease(bare_lab, host=socket.gethostname(), pid=dead_pid())  # renewed now, but its holder died
+def test_a_lease_seen_unchanged_for_the_stale_time_is_taken_over(bare_lab):
+    foreign_lease(bare_lab)  # stamped now: the stamp is not what decides
+    settings = dataclasses.replace(bare_lab.settings, lease_stale=0.3)
+    calls = Calls()
+    start = time.monotonic()
+    assert build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, settings) == ("built", True)
+    assert 0.3 <= time.monotonic() - start < 3  # watched for the stale time, by this machine's clock
+
+
+def test_a_dead_holder_in_our_own_pid_namespace_is_taken_over_at_once(bare_lab):
+    foreign_lease(bare_lab, host=socket.gethostname(), pid=dead_pid(), pid_ns=pid_namespace())
     calls = Calls()
     seen = []
 
@@ -122,10 +130,57 @@ def test_a_stale_lease_is_taken_over(bare_lab, why):
     assert calls.builds == 1 and seen[0] != "someone-else"
 
 
-def test_a_lease_without_a_readable_stamp_is_stale(bare_lab):
-    foreign_lease(bare_lab, renewed="not a time")
+@pytest.mark.parametrize("pid_ns", [None, "other-boot/pid:[4026531836]"])
+def test_a_reused_hostname_is_not_a_shared_pid_namespace(bare_lab, pid_ns):
+    """Containers with host networking (or another machine) share the hostname, not the pids:
+    a pid that is dead here says nothing about a holder there, which keeps its lease."""
+    foreign_lease(bare_lab, host=socket.gethostname(), pid=dead_pid(), pid_ns=pid_ns)
+    settings = dataclasses.replace(bare_lab.settings, lease_wait=0.4)
     calls = Calls()
-    assert build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, bare_lab.settings) == ("built", True)
+    with pytest.raises(BuildError, match="waited too long"):
+        build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, settings)
+    assert calls.builds == 0 and current_lease(bare_lab)["owner"] == "someone-else"
+
+
+@pytest.mark.parametrize("stamp", ["2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", "not a time"])
+def test_skewed_clocks_decide_nothing(bare_lab, stamp):
+    """A holder whose clock is years behind (or ahead) but who keeps renewing keeps its lease; the
+    same stamp left unrenewed goes stale after the stale time of local observation, not never."""
+    settings = dataclasses.replace(bare_lab.settings, lease_stale=0.4, lease_wait=1.0, lease_poll=0.05)
+    stop = threading.Event()
+
+    def holder_renews():
+        n = 0
+        while not stop.wait(0.1):
+            n += 1
+            foreign_lease(bare_lab, owner=f"someone-else", renewed=stamp, pid=4242 + n)  # a new document each time
+
+    foreign_lease(bare_lab, renewed=stamp)
+    renewer = threading.Thread(target=holder_renews, daemon=True)
+    renewer.start()
+    calls = Calls()
+    try:
+        with pytest.raises(BuildError, match="waited too long"):
+            build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, settings)
+    finally:
+        stop.set()
+        renewer.join()
+    assert calls.builds == 0  # a live lease is never taken, whatever its stamp says
+    settings = dataclasses.replace(settings, lease_wait=5.0)
+    start = time.monotonic()
+    assert build_once(bare_lab.reg, bare_lab.envs, SPEC, calls.find, calls.build, settings) == ("built", True)
+    assert 0.4 <= time.monotonic() - start < 3  # the abandoned one is taken after the stale time
+
+
+def test_observations_restart_when_the_lease_changes():
+    now = [0.0]
+    seen = Observations(clock=lambda: now[0])
+    assert seen.unchanged_for("sha256:a") == 0
+    now[0] = 50
+    assert seen.unchanged_for("sha256:a") == 50
+    assert seen.unchanged_for("sha256:b") == 0  # renewed: watched afresh
+    now[0] = 70
+    assert seen.unchanged_for("sha256:b") == 20
 
 
 def test_confirm_ownership_raises_lost_lease_when_another_builder_overwrote_it(bare_lab):

@@ -13,9 +13,9 @@ from composer.history import read_history
 from composer.model.records import BUILD_RECORD_TYPE
 from composer.model.refs import referrers_tag, run_tag
 from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST
-from composer.publish import cached_image, spec_tag, unique_tag
+from composer.publish import cached_image, claim_tag, spec_tag, unique_tag
 from composer.publish.lease import lease_tag
-from composer.store import build_records_of, load_run_record, read_run_record
+from composer.store import build_records_of, load_run_record, name_key, read_run_record, record_tag, spec_key
 
 NAME = "explainer"
 
@@ -29,9 +29,11 @@ def test_first_publish_builds_once_and_writes_record_spec_runs_history_then_name
     assert (result.cached, result.builder, result.tag) == (False, "daemonless", unique_tag(NAME, spec))
     assert result.ref == f"{lab.host}/{lab.envs}@{result.digest}" and result.repository == f"{lab.host}/{lab.envs}"
     assert lab.manifest_puts(since) == [
+        f"envs:{claim_tag(NAME)}",  # a new name: claimed, read back
         f"envs:{lease_tag(spec)}",  # one builder per spec
         f"envs:{unique_tag(NAME, spec)}",  # the builder's push
-        f"envs:{result.record}",  # the build record (subject: the image) ...
+        f"envs:{record_tag(result.digest, name_key(NAME))}",  # the build record (subject: the image), at its own tags ...
+        f"envs:{record_tag(result.digest, spec_key(spec))}",
         f"envs:{referrers_tag(result.digest)}",  # ... listed under the referrers tag schema (no referrers API)
         f"envs:{spec_tag(spec)}",  # what the cache looks up
         f"runs:{run_tag(NAME)}", f"runs:{run_tag('ExplainerFlow/1')}",  # so it can be an upstream
@@ -40,11 +42,12 @@ def test_first_publish_builds_once_and_writes_record_spec_runs_history_then_name
     ]
     requests = lab.fake.requests[since:]
     deletes = [i for i, (method, target) in enumerate(requests) if method == "DELETE"]
-    assert len(deletes) == 1 and "/manifests/sha256:" in requests[deletes[0]][1]  # the lease, by digest
+    assert len(deletes) == 2 and all("/manifests/sha256:" in requests[d][1] for d in deletes)  # lease, claim: by digest
     lease_gone = deletes[0]
     history_put = requests.index(("PUT", f"/v2/{lab.envs}/manifests/hist-{NAME}"))
     assert lease_gone < history_put  # the lease is released once the record and spec tag are out
-    assert lab.env_tags() == sorted([NAME, unique_tag(NAME, spec), f"hist-{NAME}", referrers_tag(result.digest), spec_tag(spec)])
+    assert lab.env_tags() == sorted([NAME, unique_tag(NAME, spec), f"hist-{NAME}", referrers_tag(result.digest), spec_tag(spec),
+                                     record_tag(result.digest, name_key(NAME)), record_tag(result.digest, spec_key(spec))])
 
     # What was written is what a reader gets back, verified.
     (record, desc), = build_records_of(lab.reg, lab.envs, result.digest)
@@ -258,3 +261,57 @@ def test_build_records_are_oci_artifacts_about_the_image(lab):
     assert manifest["artifactType"] == BUILD_RECORD_TYPE and manifest["subject"]["digest"] == result.digest
     assert manifest["annotations"]["dev.composer.spec-hash"] == result.spec_hash
     assert manifest["annotations"]["dev.composer.name"] == NAME
+
+
+# -- concurrency (issue 11): no record lost, one owner per new name -------------------------------
+def test_a_record_a_concurrent_writer_dropped_from_the_referrers_index_still_resolves(lab):
+    first = lab.publish(NAME)
+    other = lab.publish("other-name")  # the same composition under another name: a second record
+    # A concurrent writer that read the index before either record was added writes it back empty.
+    empty = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+    lab.reg.put_manifest(lab.envs, referrers_tag(first.digest), json.dumps(empty).encode(), "application/vnd.oci.image.index.v1+json")
+    assert build_records_of(lab.reg, lab.envs, first.digest) == []  # the shared view lost both
+    for result in (first, other):
+        ref, record, record_digest = resolve(lab.settings, result.name)
+        assert (ref, record.name, record_digest) == (result.ref, result.name, result.record)
+    # And the cache still finds the composition (the builder's own record tag): no rebuild.
+    assert lab.publish("third-name").cached and lab.builds == [NAME]
+
+
+def test_publish_puts_its_record_back_into_a_referrers_index_that_lost_it(lab):
+    first = lab.publish(NAME)
+    empty = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+    lab.reg.put_manifest(lab.envs, referrers_tag(first.digest), json.dumps(empty).encode(), "application/vnd.oci.image.index.v1+json")
+    second = lab.publish("other-name")
+    listed = {d.digest for d in lab.reg.referrers(lab.envs, first.digest)}
+    assert second.record in listed
+
+
+def test_two_builds_of_different_compositions_under_one_new_name_one_fails(lab):
+    """B starts while A builds: B's claim overwrites A's, so A (publishing first) fails with one
+    line before writing anything under the name, and B owns it."""
+    from composer.publish import CLAIM_TYPE
+    from composer.oci.artifacts import push_artifact
+
+    upstream, provenance = lab.provenance("TrainFlow/1")
+    comp = lab.composition(upstream, (("iniconfig", "2.0.0"),))
+    inner = lab.builder(NAME, comp, upstream, provenance, OCI_MANIFEST)
+
+    def build_it():
+        push_artifact(lab.reg, lab.envs, {"owner": "b", "name": NAME, "spec_hash": "sha256:" + "b" * 64}, CLAIM_TYPE, {},
+                      tag=claim_tag(NAME))  # the other build staked its claim meanwhile
+        return inner()
+
+    with pytest.raises(UsageError, match="concurrent build of a different composition") as info:
+        lab.publish(NAME, build_it=build_it)
+    assert "--update" in info.value.one_line()
+    assert NAME not in lab.env_tags() and f"hist-{NAME}" not in lab.env_tags()  # nothing under the name
+    assert run_tag(NAME) not in lab.run_tags()
+
+
+def test_a_build_that_finds_the_name_taken_meanwhile_fails(lab):
+    lab.publish(NAME, packages=(("iniconfig", "2.0.0"),))
+    # A second, different composition under NAME without --update fails at once ...
+    with pytest.raises(UsageError, match="already points to a different composition"):
+        lab.publish(NAME, packages=(("six", "1.16.0"),))
+    assert [v.number for v in read_history(lab.reg, lab.envs, NAME)] == [1]

@@ -3,6 +3,8 @@ name's own provenance (issue 16), and rebuild's report, with the real build repl
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from composer.catalog import rebuild as rebuild_module
@@ -138,7 +140,7 @@ def test_rebuild_reports_errors_per_name(lab, tmp_path, no_builds):
     gone.unlink()
     report = rebuild(lab.settings, [NAME, "unknown"], dry_run=True)
     by_name = {r["name"]: r for r in report["results"]}
-    assert by_name[NAME]["status"] == "error" and "is not here" in by_name[NAME]["error"]
+    assert by_name[NAME]["status"] == "error" and "is not in this directory" in by_name[NAME]["error"]
     assert by_name["unknown"]["status"] == "error" and by_name["unknown"]["exit_code"] == 3
     assert report["errors"] == 2 and not report["changed"]
 
@@ -169,3 +171,37 @@ def test_rebuild_rebuilds_only_what_is_stale_with_the_names_own_inputs(lab, extr
     lab.base_image(tag="v2", layer=b"security update of v2")
     rebuild(lab.settings, [NAME], dry_run=False)
     assert calls[0][4] == f"{lab.host}/t1/models/model-a:v2"  # composed on what the tag points at now
+
+
+# -- a record's inputs.extra is registry data (issue 11) --------------------------------------
+@pytest.mark.parametrize("where", ["/etc/passwd", "../outside.txt", "sub/../../outside.txt"])
+def test_rebuild_never_reads_a_path_outside_its_directory(lab, tmp_path, no_builds, monkeypatch, where):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "outside.txt").write_text("SECRET-LINE-NEVER-ECHOED==1\n")
+    monkeypatch.chdir(work)
+    lab.publish(NAME, extra=where)  # a record pushed by someone else, naming a path of their choice
+    opened = []
+    real_open = open
+
+    def spy(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", spy)
+    report = rebuild(lab.settings, [NAME], dry_run=True)
+    (entry,) = report["results"]
+    assert entry["status"] == "error" and "is not in this directory" in entry["error"]
+    assert not any("passwd" in p or "outside" in p for p in opened)
+    assert rebuild_module.extras_file(where, work) is None
+
+
+def test_an_unreadable_extras_file_is_named_never_quoted(lab, tmp_path, no_builds):
+    extras = tmp_path / "extras.txt"
+    extras.write_text("iniconfig==2.0.0\n")
+    lab.publish(NAME, extra="extras.txt")
+    extras.write_text("root:x:0:0:SECRET-LINE-NEVER-ECHOED:/root:/bin/bash\n")  # not an extras file any more
+    report = rebuild(lab.settings, [NAME], dry_run=True)
+    (entry,) = report["results"]
+    assert entry["status"] == "error" and "extras.txt" in entry["error"]
+    assert "SECRET-LINE" not in json.dumps(report)
