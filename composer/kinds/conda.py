@@ -48,7 +48,8 @@ from composer.model.records import Distribution, RunRecord, utc_now
 from composer.model.refs import ImageRef
 from composer.requirements import canonical_name, parse_requirement, read_requirements, read_text
 from composer.settings import Settings
-from composer.upstream.conda_meta import normalise_package
+from composer.model.urls import redact
+from composer.upstream.conda_meta import normalise_package, remember_channel, with_credentials
 from composer.version import __version__
 
 TEMPLATE_KIND = "conda"
@@ -67,7 +68,7 @@ class EnvironmentFile:
     def requirements(self) -> List[str]:
         """The extras as one flat list (what `read_extras` returns and the record keeps):
         channel:URL in order, then conda:SPEC, then the pip requirements."""
-        return [f"channel:{c}" for c in self.channels] + [f"conda:{s}" for s in self.conda] + list(self.pip)
+        return [f"channel:{redact(c)}" for c in self.channels] + [f"conda:{s}" for s in self.conda] + list(self.pip)
 
 
 def is_environment_file(path: Optional[Path]) -> bool:
@@ -116,6 +117,8 @@ def read_environment_file(path: Path) -> EnvironmentFile:
     if not conda and not pip:
         raise UsageError(f"extras file {path} lists no dependencies", "add at least one, e.g. - numpy or - pip: [shap]")
     names = [c.strip().rstrip("/") for c in channels if c.strip() != "nodefaults"]
+    for name in names:
+        remember_channel(name)  # a token in a channel URL is used to fetch, and stored nowhere
     return EnvironmentFile(tuple(dict.fromkeys(names)), tuple(sorted(set(conda))), tuple(sorted(set(pip))))
 
 
@@ -314,9 +317,10 @@ def solve_extras(settings: Settings, env: EnvironmentFile, upstream: dict, run_i
         }, ca=settings.ca_bundle_path())
     except WorkerError as exc:
         if exc.kind == "SolverError":
-            raise explain_solve_failure(exc.message, list(env.conda), up["packages"], run_id, channels) from exc
+            raise explain_solve_failure(redact_text(exc.message), list(env.conda), up["packages"], run_id,
+                                        [redact(c) for c in channels]) from exc
         cause = " ".join(exc.message.split())[:300]
-        raise UsageError(f"the conda channels {', '.join(channels)} could not be read ({exc.kind}: {cause})",
+        raise UsageError(f"the conda channels {', '.join(map(redact, channels))} could not be read ({exc.kind}: {redact_text(cause)})",
                          "check the channel names or URLs and the network") from exc
     upstream_by_name = {p["name"]: p for p in up["packages"]}
     added = []
@@ -329,8 +333,13 @@ def solve_extras(settings: Settings, env: EnvironmentFile, upstream: dict, run_i
             raise LockConflictError(f"the conda solve moved upstream package {p['name']} {was['version']} {was['build']} "
                                     f"to {p['version']} {p['build']}", "report this; the upstream must not change")
     packages = sorted(list(up["packages"]) + added, key=lambda p: p["name"])
-    return CondaLock(prefix=up["prefix"], channels=channels, requirements=list(env.conda), packages=packages,
+    return CondaLock(prefix=up["prefix"], channels=[redact(c) for c in channels], requirements=list(env.conda), packages=packages,
                      added=sorted(added, key=lambda p: p["name"]))
+
+
+def redact_text(text: str) -> str:
+    """A message that may quote a channel URL, with every URL in it redacted."""
+    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"),]+", lambda m: redact(m.group(0)), text)
 
 
 def explain_solve_failure(message: str, specs: List[str], upstream_packages: List[dict], run_id: str,
@@ -440,20 +449,21 @@ def fetch_archives(settings: Settings, packages: List[dict]) -> Dict[str, Path]:
         target = cache / f"{(p.get('sha256') or p['md5'])[:16]}-{p['fn']}"
         if not _verified(target, p):
             tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-            parsed = urlparse(p["url"])
+            url = with_credentials(p["url"])  # the lock keeps it redacted; the channel as given has the token
+            parsed = urlparse(url)
             try:
                 if parsed.scheme == "file":
                     shutil.copyfile(unquote(parsed.path), tmp)
                 else:
                     ca = settings.ca_bundle_path()
-                    with requests.get(p["url"], stream=True, timeout=60, verify=ca or True) as resp:
+                    with requests.get(url, stream=True, timeout=60, verify=ca or True) as resp:
                         resp.raise_for_status()
                         with open(tmp, "wb") as f:
                             for chunk in resp.iter_content(1 << 20):
                                 f.write(chunk)
             except (OSError, requests.RequestException) as exc:
                 tmp.unlink(missing_ok=True)
-                raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {exc})",
+                raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {redact_text(str(exc))})",
                                  "check the channel and the network") from exc
             if not _verified(tmp, p):
                 tmp.unlink(missing_ok=True)

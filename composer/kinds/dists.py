@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from composer import state
+from composer.model.urls import redact
 from composer.errors import BuildError
 from composer.requirements import canonical_name
 from composer.settings import Settings
@@ -34,19 +35,6 @@ from composer.settings import Settings
 DEFAULT_INDEX = "https://pypi.org/simple"
 _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 _SDIST = re.compile(r"\.(tar\.gz|zip)\Z")
-
-
-def redact(url: str) -> str:
-    """A URL as it may appear in a log or a record: no user, password or /t/<token>/ part."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<an unparsable URL>"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    path = re.sub(r"/t/[^/]+(/|\Z)", r"/t/<token>\1", parts.path)
-    return urlunsplit((parts.scheme, host, path, "", ""))
 
 
 def _auth(url: str) -> Tuple[str, Optional[Tuple[str, str]]]:

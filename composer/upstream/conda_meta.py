@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 from urllib.parse import unquote, urlparse
 
 from composer.errors import UsageError
+from composer.model.urls import redact
 from composer.requirements import read_text
 
 
@@ -68,12 +69,33 @@ def _noarch(value) -> Optional[str]:
     return value if value in ("python", "generic") else None
 
 
+# Channels given with credentials in this process: redacted URL -> the URL as given. Records,
+# labels, conda-meta and logs only ever hold the redacted form; fetching puts them back.
+_CREDENTIALED: Dict[str, str] = {}
+
+
+def remember_channel(url: str) -> str:
+    """The channel URL as it may be stored; a credentialed one is remembered for this process."""
+    clean = redact(url)
+    if clean != url:
+        _CREDENTIALED[clean.rstrip("/")] = url.rstrip("/")
+    return clean
+
+
+def with_credentials(url: str) -> str:
+    """A stored (redacted) URL with the credentials of a channel given in this process put back."""
+    for clean in sorted(_CREDENTIALED, key=len, reverse=True):
+        if url == clean or url.startswith(clean + "/"):
+            return _CREDENTIALED[clean] + url[len(clean):]
+    return url
+
+
 def normalise_package(p: dict) -> dict:
     """A conda package as records keep it: every key present, channel without its subdir."""
-    url = p.get("url") or None
+    url = redact(p["url"]) if p.get("url") else None  # never a token or password in a record
     fn = p.get("fn") or (url.rsplit("/", 1)[-1] if url else None)
     subdir = p.get("subdir") or (url.rsplit("/", 2)[-2] if url and url.count("/") >= 2 else None)
-    channel = (p.get("channel") or "").rstrip("/")
+    channel = redact(p.get("channel") or "").rstrip("/")
     if subdir and channel.endswith("/" + subdir):
         channel = channel[: -len(subdir) - 1]
     return {

@@ -452,3 +452,36 @@ def test_worker_reports_missing_rattler_as_environment_problem(monkeypatch):
     monkeypatch.setattr(conda.sys, "executable", "/bin/false")
     with pytest.raises(EnvironmentProblem, match="py-rattler worker"):
         conda._worker_call("solve", {})
+
+
+def test_channel_credentials_are_used_to_fetch_and_stored_nowhere(channel, upstream, tmp_path):
+    """A /t/<token>/ channel and a user:password@ channel: solved and fetched with the token,
+    and the token is in no lock, requirement, record section, history entry or message."""
+    import dataclasses
+
+    from tests.integration.conda_channel import ChannelServer
+
+    token = "tk-SECRET-4242"
+    served = tmp_path / "served"
+    (served / "t").mkdir(parents=True)
+    (served / "t" / token).symlink_to(channel)
+    server = ChannelServer(served)
+    try:
+        for url in (f"{server.url}/t/{token}", server.url.replace("://", f"://user:{token}@") + f"/t/{token}"):
+            env_file = tmp_path / "environment.yml"
+            env_file.write_text(f"channels: ['{url}']\ndependencies: [tinyshap]\n")
+            env = conda.read_environment_file(env_file)
+            assert all(token not in r for r in env.requirements())
+            lock = conda.solve_extras(Settings(), env, upstream, "Train/1")
+            stored = json.dumps(dataclasses.asdict(lock)) + conda.history_entry(lock, "sha256:" + "0" * 64)
+            assert token not in stored and "<token>" in stored
+            archives = conda.fetch_archives(Settings(), lock.added)  # the token comes back only here
+            assert sorted(archives) == ["tinyshap"]
+            assert token not in json.dumps(conda_meta.run_record_section({"prefix": "/opt/conda", "packages": lock.packages}))
+        bad = tmp_path / "bad.yml"
+        bad.write_text(f"channels: ['{server.url}/t/{token}/nothere']\ndependencies: [tinyshap]\n")
+        with pytest.raises(UsageError) as err:
+            conda.solve_extras(Settings(), conda.read_environment_file(bad), upstream, "Train/1")
+        assert token not in err.value.one_line()
+    finally:
+        server.close()
