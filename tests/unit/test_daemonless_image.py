@@ -546,3 +546,20 @@ def test_record_keeps_the_layer_encoding_and_older_records_still_load():
                 {k: v for k, v in layer.items() if k != "version"}):
         with pytest.raises(VerificationError):
             BuildRecord.from_json({**doc, "layer": bad})
+
+
+def test_encoder_settings(tmp_path, monkeypatch):
+    from composer.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings({"registry": "r:5000"}, env={})
+    assert (s.layer_encoder, s.gzip_level, s.layer_compression) == (None, None, "auto")
+    assert dl.encoding_for(s, "gzip") == tarball.layer_encoding("gzip", "isal", 2)
+    s = load_settings({"registry": "r:5000"}, env={"COMPOSER_LAYER_ENCODER": "zlib", "COMPOSER_GZIP_LEVEL": "9"})
+    assert dl.encoding_for(s, "gzip").to_json() == {"compression": "gzip", "encoder": "zlib", "version": zlib.ZLIB_RUNTIME_VERSION,
+                                                 "level": 9, "block": 1 << 20}
+    with pytest.raises(UsageError, match="COMPOSER_LAYER_ENCODER"):
+        load_settings({"registry": "r:5000"}, env={"COMPOSER_LAYER_ENCODER": "pigz"})
+    s = load_settings({"registry": "r:5000"}, env={"COMPOSER_GZIP_LEVEL": "6"})  # a zlib level, the isal encoder
+    with pytest.raises(UsageError, match="isal encoder"):
+        dl.encoding_for(s, "gzip")

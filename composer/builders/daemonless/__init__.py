@@ -55,7 +55,7 @@ from composer.model.refs import ImageRef
 from composer.oci import connect, mutate
 from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Registry
 
-__all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "StreamedUpload", "base_manifest", "created_time", "place_base_layers",
+__all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "StreamedUpload", "base_manifest", "created_time", "encoding_for", "place_base_layers",
            "unsupported_reason"]
 
 HISTORY_COMMENT = "composer.daemonless.v1"  # the comment of the history entry of the layer it adds
@@ -240,7 +240,9 @@ class StreamedUpload:
         return self.result if self.error is None else None
 
 
-def _encoding(settings, compression: str) -> LayerEncoding:
+def encoding_for(settings, compression: str) -> LayerEncoding:
+    """The layer encoding the settings ask for: zstd by zstandard; gzip by COMPOSER_LAYER_ENCODER
+    (isal by default) at COMPOSER_GZIP_LEVEL (the encoder's default when unset)."""
     if compression == "zstd":
         return layer_encoding("zstd", None, None)
     return layer_encoding("gzip", settings.layer_encoder, settings.gzip_level)
@@ -296,7 +298,7 @@ class DaemonlessBuilder(Builder):
                                     f"its manifest {n_layers}", "the upstream image is malformed; re-record it")
         compression = mutate.choose_compression(media_type, settings.layer_compression, zstd_module() is not None)
         layer_type = mutate.layer_media_type(media_type, compression)
-        encoding = _encoding(settings, compression)
+        encoding = encoding_for(settings, compression)
         verbose = settings.progress == "plain" or (settings.progress == "auto" and sys.stderr.isatty())
 
         with tempfile.TemporaryDirectory(prefix="composer-daemonless-") as tmp:
