@@ -181,6 +181,7 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
         composer_version=__version__,
         inputs=dict(provenance.inputs),
         conda=comp.kind.record_section(settings, comp, upstream),
+        layer=job.layer,  # daemonless: the encoder and its settings (the layer's bytes depend on them)
     )
     confirm_ownership()  # a builder that lost a start-up race publishes nothing
     return record, record.image

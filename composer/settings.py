@@ -46,8 +46,9 @@ class Settings:
     registry_attempts: int = 3  # tries per registry call before an error
     build_timeout: int = 3600  # seconds a BuildKit build may take
     uv_timeout: int = 1800  # seconds the daemonless builder's uv install may take
-    gzip_level: int = 6  # daemonless layers
-    layer_compression: str = "auto"  # auto | gzip | zstd (daemonless, OCI bases)
+    gzip_level: Optional[int] = None  # daemonless gzip layers; None: the encoder's default (isal 2, zlib 6)
+    layer_compression: str = "auto"  # auto (gzip) | gzip | zstd (daemonless, OCI bases)
+    layer_encoder: Optional[str] = None  # daemonless gzip layers: isal (default) | zlib (earlier builds' bytes)
     lease_stale: float = 60.0  # seconds without renewal after which a build lease is taken over
     lease_renew: float = 10.0
     lease_wait: float = 3600.0  # seconds a builder waits for another's build of the same spec
@@ -112,7 +113,7 @@ _TUNING = {
     "registry_attempts": ("COMPOSER_REGISTRY_ATTEMPTS", int, "a whole number >= 1, e.g. 3", 1),
     "build_timeout": ("COMPOSER_BUILD_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 3600", 1),
     "uv_timeout": ("COMPOSER_UV_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 1800", 1),
-    "gzip_level": ("COMPOSER_GZIP_LEVEL", int, "1 (fastest) to 9 (smallest); default 6", 1),
+    "gzip_level": ("COMPOSER_GZIP_LEVEL", int, "0 to 3 with the isal encoder (default 2), 1 to 9 with zlib (default 6)", 0),
     "lease_stale": ("COMPOSER_LEASE_STALE", float, "seconds, e.g. 60", 0),
     "lease_renew": ("COMPOSER_LEASE_RENEW", float, "seconds, e.g. 10", 0),
     "lease_wait": ("COMPOSER_LEASE_WAIT", float, "seconds, e.g. 3600", 0),
@@ -138,6 +139,11 @@ def _tuning(env: Mapping[str, str]) -> dict:
         if compression not in ("auto", "gzip", "zstd"):
             raise UsageError(f"COMPOSER_LAYER_COMPRESSION={compression!r} is not auto, gzip or zstd", "unset it or pick one of those")
         out["layer_compression"] = compression
+    encoder = env.get("COMPOSER_LAYER_ENCODER")
+    if encoder:
+        if encoder not in ("isal", "zlib"):
+            raise UsageError(f"COMPOSER_LAYER_ENCODER={encoder!r} is not isal or zlib", "unset it (isal) or pick one of those")
+        out["layer_encoder"] = encoder
     return out
 
 
@@ -157,7 +163,7 @@ def _read_toml(path: Path) -> dict:
         data = tomli.loads(path.read_text(encoding="utf-8"))
     except (tomli.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path} is not valid TOML ({exc})", "fix the file or point --config elsewhere") from exc
-    known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression", "clients"}
+    known = {f.name for f in fields(Settings)} - set(_TUNING) - {"layer_compression", "layer_encoder", "clients"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"{path}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(known))}")

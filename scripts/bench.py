@@ -10,9 +10,16 @@ Rows (each a real build and push, never a cache hit, except the one named so):
   cache-hit   the same `composer build` again: the whole CLI, answering "cached" (straight to
               the registry, not through the counting proxy: a hit pushes nothing).
   daemonless  `python -m composer build --builder daemonless`: the whole CLI, as a user runs it.
-  floor       `uv pip install --target` of the same lock + GNU tar + the same gzip as the
-              daemonless builder (level 6, all cores) + one blob POST/PUT: the least any
-              approach must do.
+  floor       the physical floor, stage by stage, each timed alone and added up: `uv pip
+              install --prefix` of the same lock into an empty prefix (warm cache), GNU tar
+              of it, the fastest of several compressors measured on those same tar bytes
+              (isal levels 0-3, zlib level 1, zstd levels 1 and 3, all cores), and one blob
+              POST/PUT of that output: the least any approach must do.
+  readiness   (after the daemonless row) `docker pull` of the composed image on the engine,
+              which already holds the base (the round's upstream was built there), then
+              `docker run IMAGE python -c "import pandas, sklearn"`; against its own floor:
+              a GET of the new layer alone, unpacked to disk (what a pull of it must do), plus
+              the same imports in the image once it is present.
 
 Every round gets its own upstream image (the shared venv upstream made with
 scripts/make-upstream.sh plus one tiny layer of its own, so no BuildKit cache can answer
@@ -38,6 +45,7 @@ import datetime as dt
 import hashlib
 import http.client
 import http.server
+import io
 import json
 import os
 import platform
@@ -69,8 +77,9 @@ LABELS = {
     "buildkit": "composer build (BuildKit)",
     "cache-hit": "composer build, cache hit",
     "daemonless": "composer daemonless",
-    "floor": "floor: uv --target + tar + gzip + 1 blob",
+    "floor": "physical floor: uv+tar+fastest+1 blob",
 }
+IMPORTS = {"small": "import six, iniconfig", "large": "import pandas, sklearn"}
 CA = os.environ.get("COMPOSER_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt"
 DOCKER = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else (shutil.which("docker") or "docker")
 TIMEOUT = 3600
@@ -317,48 +326,105 @@ class Round:
         return {"repo": f"{self.ns}-dl/envs", "ref": out["digest"], "digest": out["digest"]}
 
     def floor(self) -> dict:
+        """The physical floor, stage by stage (see the module docstring). Only the stages count
+        in its wall time: the compressors that lose are measured too, but not counted."""
         target = self.bench.tmp / f"floor-{self.rid}"
         lockfile = self.bench.lockfiles[self.size]
         up = self.bench.upstream_record
-        sh([self.bench.uv, "pip", "install", "--target", str(target), "--python-platform", up["platform"]["python_platform"],
-            "--python-version", up["python"]["version"], "--only-binary", ":all:", "--no-deps", "--require-hashes",
-            "--quiet", "-r", str(lockfile)], env=self.bench.uv_env)
-        layer = self.bench.tmp / f"floor-{self.rid}.tar.gz"
-        # GNU tar, compressed by the same gzip the daemonless builder uses (level 6 on all cores):
-        # the floor is the same work with nothing else around it.
-        from composer.builders.daemonless.tarball import ParallelGzip
-
-        h = hashlib.sha256()
-
-        class Hashed:
-            def __init__(self, f):
-                self.f = f
-
-            def write(self, data):
-                h.update(data)
-                return self.f.write(data)
-
-        with open(layer, "wb") as out:
-            tar = subprocess.Popen(["tar", "--sort=name", "-C", str(target), "-cf", "-", "."], stdout=subprocess.PIPE)
-            gz = ParallelGzip(Hashed(out))
-            for block in iter(lambda: tar.stdout.read(1 << 20), b""):
-                gz.write(block)
-            gz.close()
-            if tar.wait():
-                raise SystemExit("bench: floor tar failed")
-        digest = "sha256:" + h.hexdigest()
+        t0 = time.perf_counter()
+        sh([self.bench.uv, "pip", "install", "--prefix", str(target), "--python", sys.executable,
+            "--python-platform", up["platform"]["python_platform"], "--python-version", up["python"]["version"],
+            "--only-binary", ":all:", "--no-deps", "--require-hashes", "--link-mode", "hardlink", "--quiet",
+            "-r", str(lockfile)], env=self.bench.uv_env)
+        t_uv = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tar = sh_bytes(["tar", "--sort=name", "-C", str(target), "-cf", "-", "."])
+        t_tar = time.perf_counter() - t0
+        shutil.rmtree(target, ignore_errors=True)
+        times, best, blob = {}, None, b""
+        for name, fn in compressors().items():
+            t0 = time.perf_counter()
+            out = fn(tar)
+            times[name] = (round(time.perf_counter() - t0, 3), len(out))
+            if best is None or times[name][0] < times[best][0]:
+                best, blob = name, out
+        del tar
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
         repo = f"{self.ns}-floor/layer"
         host = self.host
+        t0 = time.perf_counter()
         start = requests.post(f"http://{host}/v2/{repo}/blobs/uploads/", timeout=60)
         assert start.status_code == 202, start.text
         loc = start.headers["Location"]
         loc = loc if loc.startswith("http") else f"http://{host}{loc}"
-        with open(layer, "rb") as f:
-            put = requests.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data=f,
-                               headers={"Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
+        put = requests.put(f"{loc}{'&' if '?' in loc else '?'}digest={digest}", data=blob,
+                           headers={"Content-Type": "application/octet-stream"}, timeout=TIMEOUT)
         assert put.status_code == 201, put.text
-        return {"digest": digest, "image_bytes": layer.stat().st_size, "added_layer_bytes": layer.stat().st_size, "layers": 1,
-                "new_layers": [digest]}
+        t_up = time.perf_counter() - t0
+        stages = {"uv": round(t_uv, 3), "tar": round(t_tar, 3), "compress": times[best][0], "upload": round(t_up, 3)}
+        return {"digest": digest, "image_bytes": len(blob), "added_layer_bytes": len(blob), "layers": 1, "new_layers": [digest],
+                "wall_s": round(sum(stages.values()), 3), "stages": stages, "fastest": best, "compressors": times}
+
+    def readiness(self, ref: str, new_layer: str) -> dict:
+        """Pull of the composed image (base present) + the imports in it; and its floor."""
+        imports = IMPORTS[self.size]
+        t0 = time.perf_counter()
+        sh([DOCKER, "pull", "-q", ref])
+        t_pull = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sh([DOCKER, "run", "--rm", "--network", "none", ref, "python", "-c", imports])
+        t_first = time.perf_counter() - t0
+        # The floor: the new layer alone, fetched and unpacked to disk, plus the imports once
+        # the image is present (a second run: the same container start and imports, no pull).
+        repo, _, _ = ref.partition("@")
+        repo = repo.split("/", 1)[1]
+        unpack = self.bench.tmp / f"unpack-{self.rid}"
+        unpack.mkdir()
+        t0 = time.perf_counter()
+        with requests.get(f"http://{self.bench.registry}/v2/{repo}/blobs/{new_layer}", stream=True, timeout=TIMEOUT) as r:
+            r.raise_for_status()
+            proc = subprocess.Popen(["tar", "-xzf", "-", "-C", str(unpack)], stdin=subprocess.PIPE)
+            for block in r.iter_content(1 << 20):
+                proc.stdin.write(block)
+            proc.stdin.close()
+            if proc.wait():
+                raise SystemExit("bench: unpacking the new layer failed")
+        t_layer = time.perf_counter() - t0
+        shutil.rmtree(unpack, ignore_errors=True)
+        t0 = time.perf_counter()
+        sh([DOCKER, "run", "--rm", "--network", "none", ref, "python", "-c", imports])
+        t_imports = time.perf_counter() - t0
+        wall, floor = t_pull + t_first, t_layer + t_imports
+        return {"wall_s": round(wall, 3), "pull_s": round(t_pull, 3), "first_imports_s": round(t_first, 3),
+                "floor_s": round(floor, 3), "layer_get_unpack_s": round(t_layer, 3), "imports_s": round(t_imports, 3),
+                "x_floor": round(wall / floor, 3) if floor else None}
+
+
+def sh_bytes(cmd: List[str]) -> bytes:
+    proc = subprocess.run(cmd, capture_output=True, timeout=TIMEOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(cmd[:4])}... failed (exit {proc.returncode}): {proc.stderr[-2000:]!r}")
+    return proc.stdout
+
+
+def compressors() -> Dict[str, Callable[[bytes], bytes]]:
+    """Candidates for the floor's compression: all cores, all deterministic, measured on the same bytes."""
+    from composer.builders.daemonless import tarball
+
+    def encode(enc):
+        def run(data: bytes) -> bytes:
+            out = io.BytesIO()
+            c = tarball.compressor(out, enc)
+            c.write(data)
+            c.close()
+            return out.getvalue()
+        return run
+
+    out = {f"isal gzip {lvl}": encode(tarball.layer_encoding("gzip", "isal", lvl)) for lvl in (0, 1, 2, 3)}
+    out["zlib gzip 1"] = encode(tarball.layer_encoding("gzip", "zlib", 1))
+    if tarball.zstd_module():
+        out.update({f"zstd {lvl}": encode(tarball.layer_encoding("zstd", None, lvl)) for lvl in (1, 3)})
+    return out
 
 
 # -- the whole benchmark -----------------------------------------------------------------------
@@ -408,7 +474,10 @@ class Bench:
         t0 = time.perf_counter()
         out = fn()
         wall = time.perf_counter() - t0
-        result = {"wall_s": round(wall, 3), "digest": out.get("digest")}
+        result = {"wall_s": out.get("wall_s", round(wall, 3)), "digest": out.get("digest")}
+        for key in ("stages", "fastest", "compressors"):
+            if key in out:
+                result[key] = out[key]
         if round_.via_proxy:  # the bytes round: untimed, through the counting proxy
             stats = self.proxy.stats()
             result.update({
@@ -437,6 +506,7 @@ class Bench:
         bytes_rows = {row: self.measure(counted, row) for row in ROWS}
         counted.cleanup()
         rows: Dict[str, List[dict]] = {r: [] for r in ROWS}
+        ready: List[dict] = []
         for i in range(runs):
             round_ = Round(self, size)
             self.current = round_
@@ -444,6 +514,10 @@ class Bench:
                 log(f"{size}: run {i + 1}/{runs}: {row}")
                 rows[row].append(self.measure(round_, row))
                 log(f"{size}: run {i + 1}/{runs}: {row}: {rows[row][-1]['wall_s']:.2f} s")
+                if row == "daemonless":
+                    dl = rows[row][-1]
+                    ready.append(round_.readiness(f"{self.registry}/{round_.ns}-dl/envs@{dl['digest']}", dl["new_layers"][-1]))
+                    log(f"{size}: run {i + 1}/{runs}: readiness: {ready[-1]['wall_s']:.2f} s (floor {ready[-1]['floor_s']:.2f} s)")
             round_.cleanup()
         summary = {}
         for row, results in rows.items():
@@ -460,7 +534,15 @@ class Bench:
         # in an earlier run would mean a cache answered.
         fresh = {row: len({d for r in rows[row] for d in r["new_layers"]}) == sum(len(r["new_layers"]) for r in rows[row])
                  for row in ("naive", "buildkit")}
+        readiness = {k: round(statistics.median(r[k] for r in ready), 3)
+                     for k in ("wall_s", "pull_s", "first_imports_s", "floor_s", "layer_get_unpack_s", "imports_s")}
+        readiness["x_floor"] = round(readiness["wall_s"] / readiness["floor_s"], 3) if readiness["floor_s"] else None
+        floor_stages = {k: round(statistics.median(r["stages"][k] for r in rows["floor"]), 3)
+                        for k in ("uv", "tar", "compress", "upload")}
+        fastest = sorted({r["fastest"] for r in rows["floor"]})
         return {"extras": SIZES[size], "locked": self.locked, "runs": rows, "bytes_round": bytes_rows, "median": summary,
+                "readiness_runs": ready, "readiness": readiness, "floor_stages": floor_stages, "floor_fastest": fastest,
+                "floor_compressors": rows["floor"][-1]["compressors"],
                 "daemonless_same_layer_every_run": len(daemonless_layers) == 1, "new_layers_every_run": fresh}
 
     def close(self) -> None:
@@ -494,6 +576,15 @@ def table(results: dict, runs: int) -> str:
         lines.append(f"daemonless: pushed {dl['bytes_pushed'] / 1e6:.2f} MB for a {dl['added_layer_bytes'] / 1e6:.2f} MB new layer "
                      f"(base layers mounted, not sent); same layer digest every run: {res['daemonless_same_layer_every_run']}")
         lines.append(f"new layers in every run (no cache answered): {res['new_layers_every_run']}")
+        st = res["floor_stages"]
+        lines.append(f"physical floor stages (median s): uv {st['uv']:.2f} + tar {st['tar']:.2f} + compress {st['compress']:.2f} "
+                     f"({', '.join(res['floor_fastest'])}) + upload {st['upload']:.2f}")
+        lines.append("compressors on the floor's tar (last run, s / MB): " + ", ".join(
+            f"{k} {v[0]:.2f}/{v[1] / 1e6:.1f}" for k, v in res["floor_compressors"].items()))
+        r = res["readiness"]
+        lines.append(f"readiness ({IMPORTS[size]}): pull {r['pull_s']:.2f} + run {r['first_imports_s']:.2f} = {r['wall_s']:.2f} s; "
+                     f"floor: new layer GET+unpack {r['layer_get_unpack_s']:.2f} + run {r['imports_s']:.2f} = {r['floor_s']:.2f} s; "
+                     f"x floor {r['x_floor']:.2f}")
     return "\n".join(lines)
 
 def main() -> None:

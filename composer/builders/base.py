@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from composer.errors import BuildError
 from composer.model.records import RunRecord
@@ -32,6 +32,9 @@ class BuildJob:
     prepare_context: Callable[[Path], Dict[str, str]]
     labels: Dict[str, str] = field(default_factory=dict)  # image labels (daemonless writes them itself)
     env: Dict[str, str] = field(default_factory=dict)  # image environment (likewise)
+    # Set by a builder that writes the layer's bytes itself (daemonless): how it compressed it
+    # (tarball.LayerEncoding.to_json()), for the build record's `layer` section.
+    layer: Optional[Dict[str, Any]] = None
 
     @property
     def target(self) -> ImageRef:

@@ -371,6 +371,26 @@ class RunRecord:
         return replace(self, distributions=tuple(sorted(dists.values(), key=lambda d: d.name)))
 
 
+# -- the layer's encoding (daemonless builds) -------------------------------------------------------
+_LAYER_WORD = re.compile(r"^[a-z][a-z0-9._-]{0,31}\Z")
+
+
+def read_layer_section(f: Optional[_Fields]) -> Optional[dict]:
+    """The build record's optional `layer` section: how the daemonless builder compressed the
+    layer ({compression, encoder, version, level, block}), so a rebuild can ask for the same
+    bytes. Absent in records of BuildKit builds and of builds before it existed."""
+    if f is None:
+        return None
+    out = {"compression": f.text("compression", pattern=_LAYER_WORD), "encoder": f.text("encoder", pattern=_LAYER_WORD),
+           "version": f.text("version", pattern=re.compile(r"^[0-9A-Za-z.+-]{1,64}\Z"))}
+    for key in ("level", "block"):
+        value = f.data.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= (1 << 30):
+            raise f.bad(key, "is not a whole number from 0 to 2^30")
+        out[key] = value
+    return out
+
+
 # -- build records -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Lock:
@@ -408,6 +428,7 @@ class BuildRecord:
     composer_version: str
     inputs: Dict[str, Any] = field(default_factory=dict)  # provenance for `rebuild`: extra (path)
     conda: Optional[dict] = None
+    layer: Optional[dict] = None  # daemonless: the layer's encoding (read_layer_section)
 
     @classmethod
     def from_json(cls, data: Any, what: str = "build record") -> "BuildRecord":
@@ -435,6 +456,7 @@ class BuildRecord:
             composer_version=f.text("composer_version", optional=True, limit=64) or "",
             inputs={"extra": inputs.text("extra", optional=True)} if inputs is not None else {},
             conda=read_conda_section(f.obj("conda", optional=True)),
+            layer=read_layer_section(f.obj("layer", optional=True)),
         )
 
     def to_json(self) -> dict:
@@ -448,6 +470,8 @@ class BuildRecord:
         }
         if self.conda is not None:
             out["conda"] = self.conda
+        if self.layer is not None:
+            out["layer"] = dict(self.layer)
         return out
 
     def renamed(self, name: str, tag: str) -> "BuildRecord":

@@ -12,6 +12,7 @@ artifacts that oras clients pull (tests/integration/test_compose.py checks that)
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import tempfile
@@ -396,6 +397,56 @@ class Registry:
             self.transfers[-1]["action"] = "copied"
         return desc
 
+
+    def upload_blob_chunks(self, repo: str, chunks: Iterable[bytes], media_type: str = "application/octet-stream") -> Descriptor:
+        """Push a blob whose bytes are still being made (a layer while it is compressed): an upload
+        session, one PATCH per chunk (with Content-Range and Content-Length, as the distribution
+        spec's chunked upload asks), then the closing PUT with the sha256 computed on the way.
+        The chunks are consumed once, so nothing is retried here: on any failure (RegistryError,
+        VerificationError) the caller pushes the blob again from a copy with upload_blob, which
+        retries. The registry checks the digest on PUT, and the stored size is checked afterwards."""
+        scope = f"repository:{repo}:pull,push"
+        t = self.transport
+        uploads = f"/v2/{repo}/blobs/uploads/"
+        start = t.retrying(lambda: t.check(t.send("POST", uploads, scope=scope), scope=scope, allow=(202,),
+                                           what=f"POST {uploads}"), "upload")
+        h, offset = hashlib.sha256(), 0
+
+        def next_location(resp: requests.Response) -> str:
+            location = resp.headers.get("Location", "")
+            if not location:
+                raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
+            return t.url(location)
+
+        location = next_location(start)
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                h.update(chunk)
+                headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
+                           "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+                resp = t.check(t.send("PATCH", location, scope=scope, headers=headers, data=chunk), scope=scope,
+                               allow=(202,), what=f"a chunk of an upload to {repo}")
+                offset += len(chunk)
+                location = next_location(resp)
+            digest = "sha256:" + h.hexdigest()
+            put = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+            resp = t.check(t.send("PUT", put, scope=scope, headers={"Content-Type": "application/octet-stream",
+                                                                     "Content-Length": "0"}, data=b""),
+                           scope=scope, allow=(201,), what=f"the upload of {digest[:19]} to {repo}")
+        except Transient as exc:
+            raise RegistryError(f"registry {self.host} failed during a chunked upload to {repo}: {exc.reason}",
+                                "retry; composer pushes the layer again in one piece") from exc
+        claimed = resp.headers.get("Docker-Content-Digest")
+        if claimed and claimed != digest:
+            raise VerificationError(f"registry {self.host} stored {claimed} for an upload of {digest}", "the registry is inconsistent")
+        stored = self.blob_size(repo, digest)
+        if stored != offset:
+            raise VerificationError(f"after the upload registry {self.host} holds {repo}@{digest} with size {stored}, expected {offset}",
+                                    "the registry is inconsistent")
+        self.note_transfer("uploaded", repo, digest, offset)
+        return Descriptor(media_type, digest, offset)
 
 def _json(resp: requests.Response, what: str) -> dict:
     try:

@@ -12,6 +12,7 @@ import datetime as _dt
 import json
 from typing import List, Mapping, Optional
 
+from composer.errors import UsageError
 from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST, Descriptor
 
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -24,13 +25,18 @@ COMPRESSIONS = ("auto", "gzip", "zstd")
 
 
 def choose_compression(manifest_media_type: str, wanted: str = "auto", have_zstd: bool = False) -> str:
-    """gzip for Docker-family bases; zstd only for an OCI base, when zstd is at hand and not
-    turned off (wanted "gzip": older engines, Docker 20.10 among them, cannot unpack zstd)."""
+    """gzip unless zstd is asked for (wanted "zstd") on an OCI-family base: "auto" is gzip, which
+    every engine unpacks. zstd layers need containerd >= 1.5 or Docker >= 23 (Docker 20.10, the
+    engine here, cannot unpack them), and a Docker-family manifest cannot carry them at all: there
+    the layer stays gzip. zstd asked for on an OCI base without the zstandard module is an error."""
     if wanted not in COMPRESSIONS:
         raise ValueError(f"layer compression {wanted!r} is not one of {', '.join(COMPRESSIONS)}")
-    if manifest_media_type != OCI_MANIFEST or wanted == "gzip":
+    if manifest_media_type != OCI_MANIFEST or wanted != "zstd":
         return "gzip"
-    return "zstd" if have_zstd else "gzip"
+    if not have_zstd:
+        raise UsageError("zstd layers were asked for (COMPOSER_LAYER_COMPRESSION=zstd) but the zstandard module is not installed",
+                         "pip install 'composer[zstd]', or unset COMPOSER_LAYER_COMPRESSION")
+    return "zstd"
 
 
 def layer_media_type(manifest_media_type: str, compression: str) -> str:

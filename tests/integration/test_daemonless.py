@@ -33,17 +33,24 @@ def _repo(prefix: str, leaf: str) -> str:
     return f"{prefix.split('/', 1)[1]}/{leaf}"
 
 
-def _spy(reg: Registry) -> list:
-    """Every HTTP request this client makes: (method, url, body bytes)."""
-    calls = []
+def _spy(reg: Registry, calls: list = None) -> list:
+    """Every HTTP request this client and its clones (the streamed layer upload) make: (method, url, body bytes)."""
+    calls = [] if calls is None else calls
     original = reg.session.request
+    clone = reg.clone
 
     def request(method, url, **kw):
         data = kw.get("data")
         calls.append((method, url, len(data) if data is not None and hasattr(data, "__len__") else 0))
         return original(method, url, **kw)
 
+    def spied_clone():
+        twin = clone()
+        _spy(twin, calls)
+        return twin
+
     reg.session.request = request
+    reg.clone = spied_clone
     return calls
 
 
@@ -120,9 +127,14 @@ def test_same_inputs_same_image_digest(prefix, upstream_run, model_a):
     first, _, _, _, _ = _compose(prefix, upstream_run, tag="one")
     second, _, _, reg, calls = _compose(prefix, upstream_run, tag="two")
     assert first == second
-    # The second build found everything in place: no blob sent at all.
-    assert {t["action"] for t in reg.transfers} == {"present"}
-    assert not [c for c in calls if c[0] in ("PUT", "PATCH") and "/blobs/" in c[1]]
+    # The second build found the base layers and the config in place; the layer is streamed to
+    # the registry while it is written, before its digest is known, so it is sent again (the
+    # registry keeps one copy): the only blob bytes sent are the layer's, in PATCHes.
+    layer = get_manifest(_repo(prefix, "envs"), "two")["layers"][-1]
+    assert {t["action"] for t in reg.transfers} == {"present", "uploaded"}
+    sent = [c for c in calls if c[0] in ("PUT", "PATCH", "POST") and "/blobs/" in c[1]]
+    assert sum(size for method, _, size in sent if method == "PATCH") == layer["size"]
+    assert not [c for c in sent if c[0] != "PATCH" and c[2]]
     # Another prefix (empty repository) converges on the same digest too.
     other = f"{prefix}x"
     assert run_cli("record", "--run", upstream_run, "--image", model_a, env={"COMPOSER_REGISTRY": other}).returncode == 0
@@ -189,3 +201,35 @@ def test_same_files_as_the_buildkit_path(prefix, env, upstream_run, tmp_path):
     ours = _layer_files(repo, get_manifest(repo, digest))
     buildkit.pop("opt/venv/.lock", None)
     assert ours == buildkit
+
+
+def test_reproducible_across_cores_caches_and_umasks(model_a, tmp_path):
+    """The whole CLI twice, as differently as a fleet would run it: one core (taskset) and two,
+    its own state directory and uv cache each (the second downloads the wheels anew), umask 022
+    and 077, its own registry prefix. The layer and the image digests are the same, and each
+    build record names the encoder that made the layer."""
+    import os
+    import sys
+    import uuid
+
+    extras = tmp_path / "extras.txt"
+    extras.write_text("\n".join(EXTRAS) + "\n")
+    results = []
+    for i, (cpus, umask) in enumerate(((["taskset", "-c", "0"], 0o022), ([], 0o077))):
+        prefix = f"{REGISTRY}/t{uuid.uuid4().hex[:10]}"
+        env = {**os.environ, "COMPOSER_REGISTRY": prefix, "COMPOSER_PROGRESS": "quiet",
+               "COMPOSER_STATE_DIR": str(tmp_path / f"state-{i}"), "UV_CACHE_DIR": str(tmp_path / f"uv-{i}")}
+        assert run_cli("record", "--run", "Repro/1", "--image", model_a, env=env).returncode == 0
+        proc = subprocess.run([*cpus, sys.executable, "-m", "composer", "build", "--upstream-run", "Repro/1", "--extra",
+                               str(extras), "--builder", "daemonless", "--name", "repro", "--json"],
+                              capture_output=True, text=True, env=env, timeout=600, preexec_fn=lambda m=umask: os.umask(m))
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        assert out["cached"] is False and out["builder"] == "daemonless"
+        layer = get_manifest(_repo(prefix, "envs"), out["digest"])["layers"][-1]
+        shown = run_cli("show", "repro", "--json", env=env)
+        assert shown.returncode == 0, shown.stderr
+        results.append((out["digest"], layer["digest"], json.loads(shown.stdout)["record"].get("layer")))
+    (image_a, layer_a, record_a), (image_b, layer_b, record_b) = results
+    assert layer_a == layer_b and image_a == image_b
+    assert record_a == record_b and record_a["encoder"] == "isal" and record_a["level"] == 2

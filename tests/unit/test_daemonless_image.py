@@ -19,7 +19,7 @@ from composer.builders import daemonless as dl
 from composer.builders.base import BuildJob, CannotBuild
 from composer.builders.daemonless import install, tarball
 from composer.builders.daemonless.layout import Entry
-from composer.errors import BuildError
+from composer.errors import BuildError, RegistryError, UsageError, VerificationError
 from composer.kinds.pip import Lock
 from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
@@ -51,12 +51,16 @@ def test_docker_base_gets_docker_gzip():
         mutate.layer_media_type(DOCKER_MANIFEST, "zstd")
 
 
-def test_oci_base_zstd_only_with_a_module():
+def test_oci_base_zstd_only_when_asked_for():
+    """gzip stays the default (every engine unpacks it); zstd is opt-in, for OCI bases."""
     assert mutate.choose_compression(OCI_MANIFEST, "auto", have_zstd=False) == "gzip"
     assert mutate.layer_media_type(OCI_MANIFEST, "gzip") == "application/vnd.oci.image.layer.v1.tar+gzip"
-    assert mutate.choose_compression(OCI_MANIFEST, "auto", have_zstd=True) == "zstd"
+    assert mutate.choose_compression(OCI_MANIFEST, "auto", have_zstd=True) == "gzip"
+    assert mutate.choose_compression(OCI_MANIFEST, "zstd", have_zstd=True) == "zstd"
     assert mutate.layer_media_type(OCI_MANIFEST, "zstd") == "application/vnd.oci.image.layer.v1.tar+zstd"
     assert mutate.choose_compression(OCI_MANIFEST, "gzip", have_zstd=True) == "gzip"  # COMPOSER_LAYER_COMPRESSION=gzip
+    with pytest.raises(UsageError, match="zstandard module is not installed"):
+        mutate.choose_compression(OCI_MANIFEST, "zstd", have_zstd=False)
     with pytest.raises(ValueError):
         mutate.choose_compression(OCI_MANIFEST, "bzip2", have_zstd=True)  # settings refuse it first (exit 2)
 
@@ -278,6 +282,8 @@ class MemoryRegistry:
         self.host, self.base = host, f"http://{host}"
         self.blobs, self.manifests, self.pushed, self.transfers = {}, {}, [], []
 
+    fail_stream = False
+
     def note_transfer(self, action, repo, digest, size):
         self.transfers.append((action, repo, digest))
 
@@ -309,11 +315,27 @@ class MemoryRegistry:
         self.transfers.append(("copied", repo, digest))
 
     def upload_blob(self, repo, digest, size, *, path=None, data=None, media_type="application/octet-stream"):
+        if path is not None:
+            self.transfers.append(("resent", repo, digest))
         data = Path(path).read_bytes() if data is None else data
         assert (_sha(data), len(data)) == (digest, size)
         self.blobs[(repo, digest)] = data
         self.pushed.append(("blob", media_type, data))
         return Descriptor(media_type, digest, size)
+
+    def clone(self):
+        twin = MemoryRegistry(self.host)
+        twin.blobs, twin.manifests, twin.pushed = self.blobs, self.manifests, self.pushed
+        twin.fail_stream = getattr(self, "fail_stream", False)
+        return twin
+
+    def upload_blob_chunks(self, repo, chunks, media_type="application/octet-stream"):
+        data = b"".join(chunks)
+        if self.fail_stream:
+            raise RegistryError("the stream broke", "retry")
+        self.blobs[(repo, _sha(data))] = data
+        self.pushed.append(("blob", media_type, data))
+        return Descriptor(media_type, _sha(data), len(data))
 
 
 def _seed_base(reg: MemoryRegistry, media_type: str, index: bool = False) -> str:
@@ -381,26 +403,35 @@ ADDED = [{"name": "six", "version": "1.17.0", "hashes": ["sha256:" + "0" * 64]},
          {"name": "pkg", "version": "1.0", "hashes": ["sha256:" + "1" * 64]}]
 LABELS = {"dev.composer.spec-hash": SPEC, "dev.composer.builder": "daemonless", "org.opencontainers.image.base.name": "x"}
 
-# Made by the daemonless builder before it was split by stage (composer/daemonless.py): the
-# config digest depends on nothing but the inputs; the image digest also on zlib's deflate.
+# The config digest depends on nothing but the inputs; the image digest also on the layer's
+# encoder. The zlib cases were made by the daemonless builder before it was split by stage
+# (composer/daemonless.py), with zlib 1.2.13: COMPOSER_LAYER_ENCODER=zlib must keep giving those
+# bytes (a rebuild from an older record needs them). The isal cases pin the default encoder
+# since issue 14 (isal 1.9.1, level 2, 1 MiB blocks): their digests changed then, on purpose.
 GOLDEN_ZLIB = "1.2.13"
 CONFIG = "sha256:be885890481a822a10377bdf6a2f9545639df9f61afd4913d6323d04970d3feb"
+CONFIG_SDE = "sha256:96b7b9af31948a8d1561a01a750c97d6dd2da6c0d0c0330a0b8142adf8b06515"
+ZLIB = {"layer_encoder": "zlib"}
 
 
 @pytest.mark.parametrize("case, media_type, index, other, settings, sde, config, image", [
-    ("docker", DOCKER_MANIFEST, False, False, {}, None, CONFIG,
+    ("zlib: docker", DOCKER_MANIFEST, False, False, ZLIB, None, CONFIG,
      "sha256:208d11ca69dfe756879c9163cebda57237c3a50502bc5f0962fc3010d16c5b3e"),
-    ("source date epoch", DOCKER_MANIFEST, False, False, {}, "1700000000",
-     "sha256:96b7b9af31948a8d1561a01a750c97d6dd2da6c0d0c0330a0b8142adf8b06515",
+    ("zlib: source date epoch", DOCKER_MANIFEST, False, False, ZLIB, "1700000000", CONFIG_SDE,
      "sha256:30308becaf53f9b94f26ad6e7699398a187c9973eb2b0affff5823517b12fd30"),
-    ("gzip level 4", DOCKER_MANIFEST, False, False, {"gzip_level": 4}, None, CONFIG,
+    ("zlib: gzip level 4", DOCKER_MANIFEST, False, False, {**ZLIB, "gzip_level": 4}, None, CONFIG,
      "sha256:4cb8fa514ada8cad21ac8c9ffb4b7d29ea8496575e567f0a97e7ae3eda0252aa"),
-    ("docker ignores zstd", DOCKER_MANIFEST, False, False, {"layer_compression": "zstd"}, None, CONFIG,
+    ("zlib: docker ignores zstd", DOCKER_MANIFEST, False, False, {**ZLIB, "layer_compression": "zstd"}, None, CONFIG,
      "sha256:208d11ca69dfe756879c9163cebda57237c3a50502bc5f0962fc3010d16c5b3e"),
-    ("oci gzip", OCI_MANIFEST, False, False, {"layer_compression": "gzip"}, None, CONFIG,
+    ("zlib: oci gzip", OCI_MANIFEST, False, False, {**ZLIB, "layer_compression": "gzip"}, None, CONFIG,
      "sha256:bf9abda2a9e536bac57da24e8b4113cc4bc2c916c27ebf1cebed889083a04098"),
-    ("oci index, base on another registry", OCI_MANIFEST, True, True, {"layer_compression": "gzip"}, None, CONFIG,
-     "sha256:5b8704ba731c4e8c351843b2b9162dffda99015d41ae1945fba6e6623cb08aed"),
+    ("zlib: oci index, base on another registry", OCI_MANIFEST, True, True, {**ZLIB, "layer_compression": "gzip"}, None,
+     CONFIG, "sha256:5b8704ba731c4e8c351843b2b9162dffda99015d41ae1945fba6e6623cb08aed"),
+    ("isal: docker", DOCKER_MANIFEST, False, False, {}, None, CONFIG, "sha256:b05c2e51e3687a99facccaa256d9172697e6147912e7ed9312f6a1ec61f791ee"),
+    ("isal: source date epoch", DOCKER_MANIFEST, False, False, {}, "1700000000", CONFIG_SDE, "sha256:d29f373e04bbaaf97e056dc244e6d17e1a92e353892b41d52c1ab494ddcefda7"),
+    ("isal: level 3", DOCKER_MANIFEST, False, False, {"gzip_level": 3}, None, CONFIG, "sha256:97fefee37c5941e7aec269ed38d204818fe553fcd8abc125af8c15b0b5e20bec"),
+    ("isal: oci", OCI_MANIFEST, False, False, {}, None, CONFIG, "sha256:56292a99c06bc795de56b9a5ab9cc76e7a877cac26f19c28c76275305dcb9e8a"),
+    ("isal: oci index, base on another registry", OCI_MANIFEST, True, True, {}, None, CONFIG, "sha256:0a261dfd7773cd5070859bf0f8c9039cf2057a1b73379076232a4817558a2836"),
 ])
 def test_build_gives_the_same_image_as_before(monkeypatch, case, media_type, index, other, settings, sde, config, image):
     if sde:
@@ -427,19 +458,39 @@ def test_build_gives_the_same_image_as_before(monkeypatch, case, media_type, ind
     assert layer[:3] == b"\x1f\x8b\x08"
     assert connected == (["other.example:5000"] if other else [])
     actions = {action for action, repo, _ in reg.transfers}
-    assert actions == ({"copied"} if other else {"mounted"})
+    assert actions == ({"copied", "uploaded"} if other else {"mounted", "uploaded"})
     cfg = json.loads(config_body)
     assert cfg["config"]["Labels"] == {"keep": "me", **LABELS}
     assert cfg["config"]["Env"][-1] == f"COMPOSER_SPEC_HASH={SPEC}"
     assert cfg["history"][-1]["comment"] == dl.HISTORY_COMMENT
     assert cfg["history"][-1]["created_by"] == "composer daemonless: uv pip install --no-deps --require-hashes six==1.17.0 pkg==1.0"
-    if zlib.ZLIB_RUNTIME_VERSION == GOLDEN_ZLIB:
-        assert got == image
+    encoder = settings.get("layer_encoder", "isal")
+    assert job.layer == {"compression": "gzip", "encoder": encoder, "version": tarball.encoder_version(encoder),
+                         "level": settings.get("gzip_level", 6 if encoder == "zlib" else 2), "block": 1 << 20}
+    if encoder == "isal" or zlib.ZLIB_RUNTIME_VERSION == GOLDEN_ZLIB:
+        assert got == image, got
     assert got == _sha(manifest)
 
 
+def test_a_failed_stream_is_resent_in_one_piece(monkeypatch):
+    """The layer is streamed while it is written; when that upload fails, the builder pushes the
+    copy it kept with upload_blob (retried), and the image is the same."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    reg = MemoryRegistry("127.0.0.1:5000")
+    reg.fail_stream = True
+    digest = _seed_base(reg, DOCKER_MANIFEST)
+    monkeypatch.setattr(dl, "install_extras", _fake_install)
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["image"]["digest"] = digest
+    job = _job(RunRecord.from_json(record), lock=Lock(requirements=["six", "pkg"], packages=ADDED, added=ADDED), registry=reg,
+               base=ImageRef(reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC})
+    assert dl.DaemonlessBuilder().build(job) == "sha256:b05c2e51e3687a99facccaa256d9172697e6147912e7ed9312f6a1ec61f791ee"
+    assert [kind for kind, _, _ in reg.pushed] == ["blob", "blob", "manifest"]
+    assert ("resent", "ml/envs", _sha(reg.pushed[0][2])) in reg.transfers
+
+
 def test_build_with_zstd_when_available(monkeypatch):
-    """An OCI base and a zstd module: a zstd layer, the same config as with gzip."""
+    """An OCI base and COMPOSER_LAYER_COMPRESSION=zstd: a zstd layer, the same config as with gzip."""
     if tarball.zstd_module() is None:
         pytest.skip("no zstd module on this machine")
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
@@ -449,11 +500,14 @@ def test_build_with_zstd_when_available(monkeypatch):
     record = json.loads(json.dumps(RUN_RECORD))
     record["image"]["digest"] = digest
     job = _job(RunRecord.from_json(record), lock=Lock(requirements=["six", "pkg"], packages=ADDED, added=ADDED), registry=reg,
-               base=ImageRef(reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC})
-    dl.DaemonlessBuilder().build(job)
+               base=ImageRef(reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC},
+               settings=Settings(registry="127.0.0.1:5000/ml", progress="quiet", layer_compression="zstd"))
+    got = dl.DaemonlessBuilder().build(job)
     (_, layer_type, layer), (_, _, config_body), _ = reg.pushed
     assert layer_type == mutate.OCI_LAYER_ZSTD and layer[:4] == b"\x28\xb5\x2f\xfd"
     assert _sha(config_body) == CONFIG
+    assert job.layer == {"compression": "zstd", "encoder": "zstandard", "version": "0.25.0", "level": 3, "block": 0}
+    assert got == "sha256:05fe22b288f0ba3c9e93a8661f073129f193dfd13d0e851f8331a0638d08d2db", got  # zstandard 0.25.0 (pinned in the test extra), level 3, multi-threaded mode
 
 
 def test_index_without_the_platform_cannot_build(monkeypatch):
@@ -466,3 +520,46 @@ def test_index_without_the_platform_cannot_build(monkeypatch):
     with pytest.raises(CannotBuild, match="no manifest for linux/s390x"):
         dl.DaemonlessBuilder().build(job)
     assert reg.pushed == []
+
+
+# -- the build record's layer section --------------------------------------------------------------
+def _build_record(**over):
+    from composer.model.records import BuildRecord, Image, Lock as RecordLock
+
+    up = RunRecord.from_json(RUN_RECORD)
+    return BuildRecord(
+        name="env", image=Image("127.0.0.1:5000/ml/envs", "sha256:" + "e" * 64, "env-1"), base=up.image,
+        upstream_run="Flow/1", upstream_record="sha256:" + "f" * 64, python=up.python, platform=up.platform,
+        lock=RecordLock(requirements=("six",), packages=(), added=("six",)), spec_hash=SPEC, spec_version="1",
+        builder="daemonless", dockerfile="FROM x\n", created="2026-01-01T00:00:00Z", composer_version="0.1.0", **over)
+
+
+def test_record_keeps_the_layer_encoding_and_older_records_still_load():
+    from composer.model.records import BuildRecord
+
+    layer = tarball.layer_encoding().to_json()
+    doc = _build_record(layer=layer).to_json()
+    assert doc["layer"] == layer and BuildRecord.from_json(doc).layer == layer
+    older = _build_record().to_json()
+    assert "layer" not in older and BuildRecord.from_json(older).layer is None
+    for bad in ({**layer, "level": "2"}, {**layer, "encoder": "ISAL; rm"}, {**layer, "block": -1},
+                {k: v for k, v in layer.items() if k != "version"}):
+        with pytest.raises(VerificationError):
+            BuildRecord.from_json({**doc, "layer": bad})
+
+
+def test_encoder_settings(tmp_path, monkeypatch):
+    from composer.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    s = load_settings({"registry": "r:5000"}, env={})
+    assert (s.layer_encoder, s.gzip_level, s.layer_compression) == (None, None, "auto")
+    assert dl.encoding_for(s, "gzip") == tarball.layer_encoding("gzip", "isal", 2)
+    s = load_settings({"registry": "r:5000"}, env={"COMPOSER_LAYER_ENCODER": "zlib", "COMPOSER_GZIP_LEVEL": "9"})
+    assert dl.encoding_for(s, "gzip").to_json() == {"compression": "gzip", "encoder": "zlib", "version": zlib.ZLIB_RUNTIME_VERSION,
+                                                 "level": 9, "block": 1 << 20}
+    with pytest.raises(UsageError, match="COMPOSER_LAYER_ENCODER"):
+        load_settings({"registry": "r:5000"}, env={"COMPOSER_LAYER_ENCODER": "pigz"})
+    s = load_settings({"registry": "r:5000"}, env={"COMPOSER_GZIP_LEVEL": "6"})  # a zlib level, the isal encoder
+    with pytest.raises(UsageError, match="isal encoder"):
+        dl.encoding_for(s, "gzip")

@@ -205,3 +205,34 @@ def test_copy_between_registries_checks_the_digest(fake, tmp_path):
     finally:
         other.shutdown()
         other.server_close()
+
+
+# -- the streamed (chunked) upload, against the in-memory distribution registry -------------------
+def test_chunked_upload_streams_and_checks_the_digest():
+    from tests.fakes import FakeRegistry as Distribution
+
+    with Distribution() as fake:
+        reg = Registry(fake.host)
+        chunks = [b"a" * 1000, b"", b"b" * 10, b"c"]
+        desc = reg.upload_blob_chunks("ml/envs", iter(chunks), "application/vnd.oci.image.layer.v1.tar+gzip")
+        data = b"".join(chunks)
+        assert (desc.digest, desc.size) == (_digest(data), len(data))
+        assert desc.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+        assert fake.blob("ml/envs", desc.digest) == data
+        methods = [m for m, target in fake.requests if "/blobs/uploads/" in target]
+        assert methods == ["POST", "PATCH", "PATCH", "PATCH", "PUT"]  # the empty chunk sends nothing
+        assert reg.transfers[-1]["action"] == "uploaded" and fake.upload_sessions() == 0
+
+
+def test_chunked_upload_failure_is_a_registry_error_not_retried():
+    """The chunks are consumed once: a failed PATCH ends the upload with an error (the builder
+    then pushes its copy of the layer with upload_blob, which retries)."""
+    from tests.fakes import FakeRegistry as Distribution
+
+    with Distribution() as fake:
+        reg = Registry(fake.host, attempts=3)
+        fake.fail_next("PATCH", status=500, times=1)
+        with pytest.raises(RegistryError):
+            reg.upload_blob_chunks("ml/envs", iter([b"x" * 10, b"y"]))
+        assert [m for m, t in fake.requests if "/blobs/uploads/" in t] == ["POST", "PATCH"]
+        assert fake.blob("ml/envs", _digest(b"x" * 10 + b"y")) is None

@@ -94,14 +94,68 @@ def test_source_date_epoch_sets_mtimes(monkeypatch):
     assert tarball.source_date_epoch() == tarball.DEFAULT_EPOCH
 
 
-def test_gzip_level_changes_the_bytes_not_the_files():
-    out4, out6 = io.BytesIO(), io.BytesIO()
-    four = write_layer(_entries() * 50, out4, "gzip", 0, gzip_level=4)
-    six = write_layer(_entries() * 50, out6, "gzip", 0)  # tarball.GZIP_LEVEL
-    assert four.diff_id == six.diff_id and four.digest != six.digest
-    assert gzip.decompress(out4.getvalue()) == gzip.decompress(out6.getvalue())
+@pytest.mark.parametrize("encoder, other_level", [("isal", 3), ("zlib", 4)])
+def test_gzip_level_changes_the_bytes_not_the_files(encoder, other_level):
+    out_a, out_b = io.BytesIO(), io.BytesIO()
+    a = write_layer(_entries() * 50, out_a, epoch=0, encoding=tarball.layer_encoding("gzip", encoder, other_level))
+    b = write_layer(_entries() * 50, out_b, epoch=0, encoding=tarball.layer_encoding("gzip", encoder))  # the default level
+    assert a.diff_id == b.diff_id and a.digest != b.digest
+    assert gzip.decompress(out_a.getvalue()) == gzip.decompress(out_b.getvalue())
     with pytest.raises(ValueError):
         tarball.ParallelGzip(io.BytesIO(), level=10)
+
+
+def test_default_encoding_is_isal_level_2_and_pinned():
+    """The default gzip encoder, what the record says about it, and the pin that fixes its bytes."""
+    enc = tarball.layer_encoding()
+    assert enc.to_json() == {"compression": "gzip", "encoder": "isal", "version": tarball.ISAL_VERSION, "level": 2,
+                             "block": 1 << 20}
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    assert f'"isal=={tarball.ISAL_VERSION}"' in pyproject
+    assert tarball.layer_encoding("gzip", "zlib").level == 6 and tarball.layer_encoding("zstd").encoder == "zstandard"
+    for compression, encoder, level in (("gzip", "isal", 4), ("gzip", "zlib", 0), ("gzip", "zstandard", None),
+                                        ("zstd", "isal", None)):
+        with pytest.raises(UsageError):
+            tarball.layer_encoding(compression, encoder, level)
+
+
+def _tar_bytes(n: int) -> bytes:
+    """n bytes that compress like a layer does: text, repeated structure and some noise."""
+    import random
+
+    rnd = random.Random(14)
+    parts, size = [], 0
+    while size < n:
+        kind = rnd.random()
+        piece = (b"def f%d(x):\n    return x * %d\n" % (size, rnd.randint(0, 99)) * rnd.randint(1, 40) if kind < 0.6
+                 else rnd.randbytes(rnd.randint(1, 3000)) if kind < 0.8 else bytes(rnd.randint(1, 8000)))
+        parts.append(piece)
+        size += len(piece)
+    return b"".join(parts)[:n]
+
+
+@pytest.mark.parametrize("encoder", ["isal", "zlib", "zstandard"])
+def test_encoder_bytes_do_not_depend_on_threads_or_write_sizes(encoder):
+    """One core or two, written in blocks or in odd pieces: the same bytes (the reproducibility
+    the record promises). 2.5 blocks of 1 MiB, so the block boundaries and the last short block count."""
+    data = _tar_bytes(5 << 19)
+    enc = tarball.layer_encoding("zstd" if encoder == "zstandard" else "gzip", encoder)
+    outs = set()
+    for workers, piece in ((1, 1 << 20), (2, 1 << 20), (2, 7919), (1, 3 << 20), (3, 65536 + 1)):
+        out = io.BytesIO()
+        c = tarball.compressor(out, enc, workers)
+        for i in range(0, len(data), piece):
+            c.write(data[i : i + piece])
+        c.close()
+        outs.add(out.getvalue())
+    assert len(outs) == 1
+    blob = outs.pop()
+    if encoder == "zstandard":
+        import zstandard
+
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(blob) == data
+    else:
+        assert gzip.decompress(blob) == data
 
 
 def test_different_content_different_digest():

@@ -11,8 +11,11 @@ so it can be made without running anything inside the image. By stage:
      in their shebangs, data files to the scheme's base, just as `uv pip install --python
      <image python>` lays them out inside the image (the BuildKit path);
   3. tarball.py: it becomes a reproducible tar (sorted, fixed mtimes, root-owned,
-     normalised modes, no bytecode), compressed deterministically, so the same inputs give
-     the same layer and the same image digest;
+     normalised modes, no bytecode), compressed deterministically (ISA-L's threaded gzip by
+     default; the encoder and its settings go into the build record), so the same inputs give
+     the same layer and the same image digest. The compressed bytes are streamed to the
+     registry (a chunked upload in another thread) while the tar is still being written, and
+     the base layers are put in place (HEAD / mount) at the same time;
   4. composer/oci/mutate.py: the image config is the base's config plus the layer's
      diff_id, a history entry, labels and environment; the manifest the base's plus the layer;
   5. here, the push: the base layers reach the target repository without being downloaded:
@@ -31,9 +34,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import re
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -41,15 +46,16 @@ from typing import Dict, List, Optional, Tuple
 from composer.builders.base import Builder, BuildJob, CannotBuild
 from composer.builders.daemonless.install import install_extras
 from composer.builders.daemonless.layout import find_site_packages, fix_scripts, layout_for, scheme_base, stage_entries
-from composer.builders.daemonless.tarball import DEFAULT_EPOCH, source_date_epoch, write_layer, zstd_module
-from composer.errors import NotFoundError, UsageError, VerificationError
+from composer.builders.daemonless.tarball import (DEFAULT_EPOCH, Layer, LayerEncoding, layer_encoding, source_date_epoch,
+                                                  write_layer, zstd_module)
+from composer.errors import BuildError, NotFoundError, UsageError, VerificationError
 from composer.kinds.pip import Lock
 from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
 from composer.oci import connect, mutate
-from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Registry
+from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Registry
 
-__all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "base_manifest", "created_time", "place_base_layers",
+__all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "StreamedUpload", "base_manifest", "created_time", "encoding_for", "place_base_layers",
            "unsupported_reason"]
 
 HISTORY_COMMENT = "composer.daemonless.v1"  # the comment of the history entry of the layer it adds
@@ -165,6 +171,109 @@ def place_base_layers(reg: Registry, repo: str, base_reg: Registry, base: ImageR
     return counts
 
 
+# -- the layer, streamed ---------------------------------------------------------------------------
+UPLOAD_CHUNK = 8 << 20  # bytes per PATCH of the streamed layer upload
+_ABORT = object()
+
+
+class StreamedUpload:
+    """A sink for the compressed layer: every byte goes to `file` (the copy a failed stream is
+    pushed again from) and, in UPLOAD_CHUNK pieces, to a chunked upload that runs in another
+    thread with a client of its own (reg.clone()), so the upload overlaps the tar and the
+    compression. Memory is bounded (a queue of a few chunks). A failed stream stops taking
+    chunks and never blocks the writer; finish() then answers None and the caller pushes the
+    file with upload_blob (retried), so the stream only ever saves time, never correctness."""
+
+    def __init__(self, reg: Registry, repo: str, media_type: str, file, chunk: int = UPLOAD_CHUNK, depth: int = 4):
+        self.file, self.chunk = file, chunk
+        self.client = reg.clone()
+        self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.buf = bytearray()
+        self.result: Optional[Descriptor] = None
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, args=(repo, media_type), name="composer-layer-upload", daemon=True)
+        self.thread.start()
+
+    def _chunks(self):
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if item is _ABORT:
+                raise BuildError("the layer was not written to the end", "see the error that stopped it")
+            yield item
+
+    def _run(self, repo: str, media_type: str) -> None:
+        try:
+            self.result = self.client.upload_blob_chunks(repo, self._chunks(), media_type)
+        except BaseException as exc:  # noqa: BLE001  # reported by finish(); the caller falls back
+            self.error = exc
+
+    def _put(self, item) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, data) -> int:
+        self.file.write(data)
+        if self.thread.is_alive():
+            self.buf += data
+            if len(self.buf) >= self.chunk:
+                self._put(bytes(self.buf))
+                self.buf = bytearray()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, complete: bool = True) -> Optional[Descriptor]:
+        """Wait for the upload; its descriptor, or None when it failed (see `error`). Not
+        complete (the layer could not be written): the upload is abandoned before its PUT."""
+        if self.buf and complete:
+            self._put(bytes(self.buf))
+        self.buf = bytearray()
+        self._put(None if complete else _ABORT)
+        self.thread.join()
+        return self.result if self.error is None else None
+
+
+def encoding_for(settings, compression: str) -> LayerEncoding:
+    """The layer encoding the settings ask for: zstd by zstandard; gzip by COMPOSER_LAYER_ENCODER
+    (isal by default) at COMPOSER_GZIP_LEVEL (the encoder's default when unset)."""
+    if compression == "zstd":
+        return layer_encoding("zstd", None, None)
+    return layer_encoding("gzip", settings.layer_encoder, settings.gzip_level)
+
+
+def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, path: Path,
+                  encoding: LayerEncoding) -> Tuple[Layer, StreamedUpload]:
+    """Write the layer to path and stream it to repo at the same time (see StreamedUpload)."""
+    with open(path, "wb") as out:
+        stream = StreamedUpload(reg, repo, layer_type, out)
+        try:
+            layer = write_layer(entries, stream, encoding=encoding)
+        except BaseException:
+            stream.finish(complete=False)
+            raise
+        stream.finish()
+    return layer, stream
+
+
+def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, stream: StreamedUpload, path: Path,
+                  verbose: bool) -> Tuple[Descriptor, str]:
+    """The layer's descriptor once it is in repo: streamed, or (the stream failed) resent from path."""
+    got = stream.result if stream.error is None else None
+    if got is not None and (got.digest, got.size) == (layer.digest, layer.size):
+        reg.note_transfer("uploaded", repo, layer.digest, layer.size)
+        return got, "streamed"
+    if verbose:
+        why = stream.error if stream.error is not None else f"it stored {got.digest if got else '?'}"
+        sys.stderr.write(f"composer: daemonless: the streamed layer upload failed ({why}); pushing it again in one piece\n")
+    return reg.upload_blob(repo, layer.digest, layer.size, path=path, media_type=layer_type), "resent"
+
 # -- the whole job ------------------------------------------------------------------------------
 class DaemonlessBuilder(Builder):
     name = "daemonless"
@@ -189,6 +298,7 @@ class DaemonlessBuilder(Builder):
                                     f"its manifest {n_layers}", "the upstream image is malformed; re-record it")
         compression = mutate.choose_compression(media_type, settings.layer_compression, zstd_module() is not None)
         layer_type = mutate.layer_media_type(media_type, compression)
+        encoding = encoding_for(settings, compression)
         verbose = settings.progress == "plain" or (settings.progress == "auto" and sys.stderr.isatty())
 
         with tempfile.TemporaryDirectory(prefix="composer-daemonless-") as tmp:
@@ -199,11 +309,11 @@ class DaemonlessBuilder(Builder):
                 placing = pool.submit(place_base_layers, reg, repo, base_reg, base, manifest["layers"])
                 fix_scripts(prefix, find_site_packages(prefix), layout.executable)
                 entries = stage_entries(prefix, layout)
-                layer_path = Path(tmp, "layer")
-                with open(layer_path, "wb") as out:
-                    layer = write_layer(entries, out, compression, gzip_level=settings.gzip_level)
+                layer, stream = _stream_layer(reg, repo, layer_type, entries, Path(tmp, "layer"), encoding)
                 counts = placing.result()
-            layer_desc = reg.upload_blob(repo, layer.digest, layer.size, path=layer_path, media_type=layer_type)
+            # reg is this thread's again (placing is done): resend the layer if the stream failed.
+            layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, Path(tmp, "layer"), verbose)
+        job.layer = encoding.to_json()
 
         added = " ".join(f"{p['name']}=={p['version']}" for p in lock.added)
         config = mutate.compose_config(
@@ -220,7 +330,7 @@ class DaemonlessBuilder(Builder):
         if verbose:
             sys.stderr.write(
                 f"composer: daemonless: {len(lock.added)} package(s), {len(entries)} entries, "
-                f"layer {layer.size} bytes ({layer.compression}); base layers: {counts['present']} present, "
+                f"layer {layer.size} bytes ({encoding.encoder} {encoding.compression} level {encoding.level}, {how}); base layers: {counts['present']} present, "
                 f"{counts['mounted']} mounted, {counts['copied']} copied; {reg.host}/{repo}@{desc.digest}\n"
             )
         return desc.digest
