@@ -15,6 +15,7 @@ install_packages() {
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v skopeo >/dev/null || need+=(skopeo)  # an independent registry client (interoperability tests)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
