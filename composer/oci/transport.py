@@ -214,7 +214,7 @@ def covers(granted: Iterable[str], needed: Iterable[str]) -> bool:
 @dataclass
 class _Token:
     scopes: Tuple[str, ...]
-    value: str
+    value: str = field(repr=False)
     expires: float  # time.monotonic() after which it is not sent any more
 
 
@@ -225,8 +225,8 @@ class _Auth:
     use_basic: bool = False  # set once the registry asked for Basic auth
     realm: Optional[str] = None  # the token service, once the registry named it
     service: str = ""
-    refresh_token: Optional[str] = None  # an identity token, or one a token service handed out
-    tokens: List[_Token] = field(default_factory=list)
+    refresh_token: Optional[str] = field(default=None, repr=False)  # an identity token, or one a token service handed out
+    tokens: List[_Token] = field(default_factory=list, repr=False)
 
     def copy(self) -> "_Auth":
         return _Auth(self.loaded, self.credential, self.use_basic, self.realm, self.service, self.refresh_token,
