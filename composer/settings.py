@@ -43,7 +43,9 @@ class Settings:
     progress: str = "auto"  # auto | plain | quiet
     micromamba: Optional[str] = None  # host micromamba for conda builds (bind-mounted into the step, never kept)
     # -- tuning, from the environment only -------------------------------------
-    registry_attempts: int = 3  # tries per registry call before an error
+    registry_attempts: int = 5  # tries per registry call before an error
+    registry_backoff: float = 0.5  # seconds before the first retry; doubled for each further one, with jitter
+    registry_retry_time: float = 60.0  # seconds after which a registry operation is not retried any more
     build_timeout: int = 3600  # seconds a BuildKit build may take
     uv_timeout: int = 1800  # seconds the daemonless builder's uv install may take
     gzip_level: Optional[int] = None  # daemonless gzip layers; None: the encoder's default (isal 2, zlib 6)
@@ -110,7 +112,9 @@ _ENV = {
 
 # name: (environment variable, parse, what a good value looks like)
 _TUNING = {
-    "registry_attempts": ("COMPOSER_REGISTRY_ATTEMPTS", int, "a whole number >= 1, e.g. 3", 1),
+    "registry_attempts": ("COMPOSER_REGISTRY_ATTEMPTS", int, "a whole number >= 1, e.g. 5", 1),
+    "registry_backoff": ("COMPOSER_REGISTRY_BACKOFF", float, "seconds, e.g. 0.5", 0),
+    "registry_retry_time": ("COMPOSER_REGISTRY_RETRY_TIME", float, "seconds, e.g. 60", 0),
     "build_timeout": ("COMPOSER_BUILD_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 3600", 1),
     "uv_timeout": ("COMPOSER_UV_TIMEOUT", int, "seconds, a whole number >= 1, e.g. 1800", 1),
     "gzip_level": ("COMPOSER_GZIP_LEVEL", int, "0 to 3 with the isal encoder (default 2), 1 to 9 with zlib (default 6)", 0),

@@ -15,7 +15,7 @@ install_packages() {
   command -v dockerd >/dev/null || need+=(docker.io)
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v debootstrap >/dev/null || need+=(debootstrap)
-  command -v skopeo >/dev/null || need+=(skopeo)  # an independent OCI client: reads composer export archives in tests
+  command -v skopeo >/dev/null || need+=(skopeo)  # an independent OCI client: reads composer export archives, interoperability tests
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

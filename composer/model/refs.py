@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import string
 from dataclasses import dataclass
@@ -24,6 +25,12 @@ HOST_RE = re.compile(
 RESERVED_PREFIXES = ("spec-", "sha256-", "run-", "hist-", "lease-")
 # NAME-<12 hex> is the form of composer's unique tags; a name of that form could collide with one.
 _UNIQUE_TAG_FORM = re.compile(r"-[0-9a-f]{12}\Z")
+
+# Docker Hub: its names, the endpoint its API answers on, and the key Docker keeps its credentials under.
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+DOCKER_HUB_CREDENTIALS = "https://index.docker.io/v1/"
 
 # The unique tag is NAME-<spec hash prefix>; keep room for it inside 128 characters.
 SPEC_TAG_CHARS = 12
@@ -65,8 +72,10 @@ class ImageRef:
 def parse_image_ref(text: str) -> ImageRef:
     """Parse REGISTRY/REPO[:TAG][@sha256:...]; the registry part is required.
 
-    Composer talks to registries itself, so Docker Hub's implicit "docker.io/library/"
-    is not guessed: an explicit host keeps records unambiguous.
+    Composer talks to registries itself, so Docker Hub is not guessed for a reference without
+    a host: an explicit host keeps records unambiguous. Docker Hub's own names are mapped as
+    Docker maps them: index.docker.io is docker.io, and docker.io/python is
+    docker.io/library/python.
     """
     original = text
     digest = None
@@ -84,6 +93,9 @@ def parse_image_ref(text: str) -> ImageRef:
         if not TAG_RE.match(tag):
             raise UsageError(f"image reference {original!r} has an invalid tag {tag!r}", "tags are [A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
     registry, repository = text.split("/", 1)
+    registry = canonical_registry(registry)
+    if registry == DOCKER_HUB and "/" not in repository:
+        repository = f"library/{repository}"  # docker.io/python is docker.io/library/python
     if not HOST_RE.match(registry):
         raise UsageError(f"image reference {original!r} names no registry host", "write it as HOST[:PORT]/REPOSITORY[:TAG]")
     if not REPOSITORY_RE.match(repository):
@@ -92,6 +104,38 @@ def parse_image_ref(text: str) -> ImageRef:
             "use lowercase letters, digits and . _ - separators",
         )
     return ImageRef(registry, repository, tag, digest)
+
+
+def canonical_registry(host: str) -> str:
+    """The name a registry is recorded under: Docker Hub's aliases are docker.io."""
+    return DOCKER_HUB if host.lower() in DOCKER_HUB_NAMES else host
+
+
+def registry_endpoint(host: str) -> str:
+    """Where a registry's API answers: Docker Hub's is registry-1.docker.io, not docker.io."""
+    return DOCKER_HUB_ENDPOINT if canonical_registry(host) == DOCKER_HUB else host
+
+
+def credential_key(host: str) -> str:
+    """The name a registry's credentials are looked up under in the Docker config; the docker
+    SDK maps docker.io to Docker Hub's key, https://index.docker.io/v1/."""
+    return canonical_registry(host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host (a name or an IP, with or without a port) is this machine's loopback."""
+    if host.startswith("["):
+        name = host[1:host.index("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        name = host.rsplit(":", 1)[0]
+    else:
+        name = host
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def check_name(name: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from composer.oci.client import Registry
+from composer.oci.transport import RetryPolicy
 from composer.settings import Settings
 
 
@@ -17,5 +18,11 @@ def connect(settings: Settings, host: Optional[str] = None) -> Registry:
     if host not in settings.clients:
         ca = settings.ca_bundle if settings.ca_bundle and settings.ca_bundle != "none" else None
         settings.clients[host] = Registry(host, insecure_hosts=settings.insecure_registries, ca_bundle=ca,
-                                          attempts=settings.registry_attempts)
+                                          retry=retry_policy(settings))
     return settings.clients[host]
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """How hard registry operations are tried (COMPOSER_REGISTRY_ATTEMPTS, _BACKOFF, _RETRY_TIME)."""
+    return RetryPolicy(attempts=settings.registry_attempts, backoff=settings.registry_backoff,
+                       budget=settings.registry_retry_time)

@@ -13,18 +13,19 @@ artifacts that oras clients pull (tests/integration/test_compose.py checks that)
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from urllib.parse import urljoin
 
 import requests
 
 from composer.errors import NotFoundError, RegistryError, VerificationError
 from composer.model.canonical import canonical_json, sha256_digest
-from composer.model.refs import DIGEST_RE, referrers_tag
-from composer.oci.transport import DEFAULT_ATTEMPTS, Transient, Transport, error_code, error_detail
+from composer.model.refs import DIGEST_RE, is_loopback, referrers_tag, registry_endpoint
+from composer.oci.transport import (MAX_DOCUMENT, RetryPolicy, Transient, Transport, error_code, error_detail,
+                                    parse_json_object)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -33,6 +34,10 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_TYPES = (OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST)
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
+
+# A listing longer than this many pages is a registry answering in circles.
+MAX_PAGES = 10000
+__all__ = ["Descriptor", "Registry", "is_loopback", "next_link"]
 
 # A manifest PUT can be refused with these for a moment while a concurrent upload of a blob it
 # names commits (distribution's filesystem storage): retried like a 5xx.
@@ -58,19 +63,34 @@ class Descriptor:
     @classmethod
     def from_dict(cls, d: dict) -> "Descriptor":
         try:
-            return cls(d["mediaType"], d["digest"], int(d["size"]), d.get("artifactType"), d.get("annotations"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise VerificationError(f"malformed OCI descriptor {d!r} ({exc})", "the registry content is corrupt") from exc
+            desc = cls(d["mediaType"], d["digest"], int(d["size"]), d.get("artifactType"), d.get("annotations"))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VerificationError(f"malformed OCI descriptor {str(d)[:200]!r} ({type(exc).__name__})",
+                                    "the registry content is corrupt") from exc
+        if not (isinstance(desc.media_type, str) and isinstance(desc.digest, str)
+                and desc.size >= 0 and (desc.annotations is None or isinstance(desc.annotations, dict))):
+            raise VerificationError(f"malformed OCI descriptor {str(d)[:200]!r}", "the registry content is corrupt")
+        return desc
 
 
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1 : host.index("]")]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+def next_link(header: Optional[str]) -> Optional[str]:
+    """The target of a Link header's rel="next" (RFC 8288), or None."""
+    for part in (header or "").split(","):
+        target, _, params = part.partition(";")
+        target = target.strip()
+        if target.startswith("<") and target.endswith(">") and \
+                any(p.strip().replace(" ", "") in ('rel="next"', "rel=next") for p in params.split(";")):
+            return target[1:-1]
+    return None
+
+
+def _index_entries(index: dict, what: str) -> list:
+    entries = index.get("manifests")
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise VerificationError(f"{what} has a malformed manifests list", "the registry content is corrupt")
+    return entries
 
 
 class _StreamBody:
@@ -113,12 +133,14 @@ class Registry:
         insecure_hosts: Iterable[str] = (),
         ca_bundle: Optional[str] = None,
         attempts: Optional[int] = None,
+        retry: Optional[RetryPolicy] = None,
         timeout: Tuple[float, float] = (5.0, 120.0),
     ):
-        plain_http = is_loopback(host) or host in set(insecure_hosts)
+        endpoint = registry_endpoint(host)
+        plain_http = is_loopback(endpoint) or host in set(insecure_hosts) or endpoint in set(insecure_hosts)
         # TLS is always verified for https; the CA bundle widens trust, never disables it.
-        self._start(Transport(host, f"{'http' if plain_http else 'https'}://{host}", verify=ca_bundle or True,
-                              attempts=DEFAULT_ATTEMPTS if attempts is None else attempts, timeout=timeout))
+        self._start(Transport(host, f"{'http' if plain_http else 'https'}://{endpoint}", verify=ca_bundle or True,
+                              attempts=attempts, retry=retry, timeout=timeout))
 
     def _start(self, transport: Transport) -> None:
         self.transport = transport
@@ -173,13 +195,15 @@ class Registry:
         return Descriptor(media_type, digest, int(size))
 
     def get_manifest(self, repo: str, ref: str) -> Optional[Tuple[bytes, Descriptor]]:
-        resp = self._request(
-            "GET", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
+        """A manifest's bytes (at most 4 MiB, a JSON object, matching its digest) and its
+        descriptor, or None when the registry says 404."""
+        resp, body = self.transport.fetch(
+            f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
             headers={"Accept": ", ".join(MANIFEST_TYPES)}, allow=(200, 404),
+            what=f"manifest {repo}:{ref} from {self.host}",
         )
         if resp.status_code == 404:
             return None
-        body = resp.content
         digest = sha256_digest(body)
         claimed = resp.headers.get("Docker-Content-Digest")
         if (DIGEST_RE.match(ref) and digest != ref) or (claimed and claimed != digest):
@@ -188,11 +212,8 @@ class Registry:
                 "the registry returned other bytes than it stored; do not use it",
             )
         media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
-        try:
-            parsed = json.loads(body)
-        except ValueError as exc:
-            raise VerificationError(f"manifest {repo}:{ref} from {self.host} is not JSON", "the registry content is corrupt") from exc
-        if isinstance(parsed, dict) and parsed.get("mediaType"):
+        parsed = parse_json_object(body, f"manifest {repo}:{ref} from {self.host}")
+        if isinstance(parsed.get("mediaType"), str) and parsed["mediaType"]:
             media_type = parsed["mediaType"]
         return body, Descriptor(media_type, digest, len(body))
 
@@ -233,11 +254,52 @@ class Registry:
                     raise NotFoundError(f"{repo}@{digest} is not in registry {self.host}", "push it before tagging")
             self.put_manifest(repo, tag, got[0], got[1].media_type)
 
-    def tags(self, repo: str) -> List[str]:
-        resp = self._request("GET", f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull", allow=(200, 404))
-        if resp.status_code == 404:
+    def _pages(self, path: str, *, scope: str, what: str, headers: Optional[dict] = None,
+               first_absent: Tuple[int, ...] = (404,)) -> Iterator[Tuple[object, dict]]:
+        """Every page of a paginated list, following Link rel="next": (response, JSON object).
+        A 404 on the first page ends the listing with no page (the caller says what that means);
+        any other failure, on any page, fails the whole listing."""
+        url, seen = self.transport.url(path), set()
+        for number in range(1, MAX_PAGES + 1):
+            seen.add(url)
+            allow = (200,) + (first_absent if number == 1 else ())
+            resp, body = self.transport.fetch(url, scope=scope, headers=headers, allow=allow,
+                                              what=f"{what} (page {number})")
+            if resp.status_code != 200:
+                return
+            yield resp, parse_json_object(body, f"{what} (page {number})")
+            link = next_link(resp.headers.get("Link"))
+            if not link:
+                return
+            url = urljoin(url, link)
+            if url in seen:
+                raise VerificationError(f"{what}: page {number} links back to an earlier page", "the registry is misbehaving")
+        raise VerificationError(f"{what} has more than {MAX_PAGES} pages", "the registry is misbehaving")
+
+    @staticmethod
+    def _names(doc: dict, key: str, what: str) -> List[str]:
+        names = doc.get(key)
+        if names is None:
             return []
-        return sorted(_json(resp, f"the tag list of {repo} from {self.host}").get("tags") or [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise VerificationError(f"{what}: {key!r} is not a list of strings", "the registry is misbehaving")
+        return names
+
+    def tags(self, repo: str) -> List[str]:
+        """Every tag of repo (all pages), sorted; [] when the repository does not exist."""
+        what = f"the tag list of {repo} from {self.host}"
+        found: List[str] = []
+        for _, doc in self._pages(f"/v2/{repo}/tags/list", scope=f"repository:{repo}:pull", what=what):
+            found += self._names(doc, "tags", what)
+        return sorted(set(found))
+
+    def catalog(self) -> List[str]:
+        """Every repository the registry lists (all pages), sorted."""
+        what = f"the catalog of {self.host}"
+        found: List[str] = []
+        for _, doc in self._pages("/v2/_catalog", scope="registry:catalog:*", what=what, first_absent=()):
+            found += self._names(doc, "repositories", what)
+        return sorted(set(found))
 
     def delete_manifest(self, repo: str, digest: str) -> None:
         """Delete a manifest by digest (its tags go with it); already gone is fine."""
@@ -250,16 +312,19 @@ class Registry:
     # -- referrers ---------------------------------------------------------------------
     def referrers(self, repo: str, digest: str, artifact_type: Optional[str] = None) -> List[Descriptor]:
         """Manifests whose subject is digest: the referrers API, else the referrers tag schema."""
-        resp = self._request(
-            "GET", f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull",
-            headers={"Accept": OCI_INDEX}, allow=(200, 404),
-        )
-        if resp.status_code == 200 and resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
-            index = _json(resp, f"the referrers of {repo}@{digest} from {self.host}")
-        else:
+        what = f"the referrers of {repo}@{digest} from {self.host}"
+        entries: list = []
+        api = False
+        for resp, index in self._pages(f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull", what=what,
+                                       headers={"Accept": OCI_INDEX}):
+            if not resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
+                break  # not the referrers API (a registry answering something else there)
+            api = True
+            entries += _index_entries(index, what)
+        if not api:
             got = self.get_manifest(repo, referrers_tag(digest))
-            index = json.loads(got[0]) if got else {"manifests": []}
-        found = [Descriptor.from_dict(m) for m in index.get("manifests", [])]
+            entries = _index_entries(json.loads(got[0]), what) if got else []
+        found = [Descriptor.from_dict(m) for m in entries]
         return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
 
     def add_referrer_to_tag(self, repo: str, subject_digest: str, referrer: Descriptor) -> None:
@@ -268,24 +333,29 @@ class Registry:
         for _ in range(5):
             got = self.get_manifest(repo, tag)
             index = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
-            if any(m.get("digest") == referrer.digest for m in index.get("manifests", [])):
+            entries = _index_entries(index, f"{self.host}/{repo}:{tag}")
+            if any(m.get("digest") == referrer.digest for m in entries):
                 return
-            index["manifests"].append(referrer.to_dict())
+            index["manifests"] = entries + [referrer.to_dict()]
             self.put_manifest(repo, tag, canonical_json(index), OCI_INDEX)
             # A concurrent writer may have replaced the index between our read and write.
             check = self.get_manifest(repo, tag)
-            if check and any(m.get("digest") == referrer.digest for m in json.loads(check[0]).get("manifests", [])):
+            if check and any(m.get("digest") == referrer.digest
+                             for m in _index_entries(json.loads(check[0]), f"{self.host}/{repo}:{tag}")):
                 return
         raise RegistryError(f"could not update referrers tag {tag} in {self.host}/{repo}", "retry the command")
 
     # -- blobs -------------------------------------------------------------------------
-    def get_blob(self, repo: str, digest: str) -> bytes:
-        resp = self._request("GET", f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull", allow=(200, 404))
+    def get_blob(self, repo: str, digest: str, limit: int = MAX_DOCUMENT) -> bytes:
+        """A small blob (a config, a record) read into memory: at most limit bytes, digest-checked.
+        Layers are streamed to files with download_blob instead."""
+        resp, body = self.transport.fetch(f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
+                                          allow=(200, 404), limit=limit, what=f"blob {digest} from {self.host}/{repo}")
         if resp.status_code == 404:
             raise NotFoundError(f"blob {digest} is missing from {self.host}/{repo}", "the registry lost content; republish it")
-        if sha256_digest(resp.content) != digest:
+        if sha256_digest(body) != digest:
             raise VerificationError(f"blob {digest} from {self.host}/{repo} does not match its digest", "the registry returned other bytes than it stored")
-        return resp.content
+        return body
 
     def push_blob(self, repo: str, data: bytes, media_type: str) -> Descriptor:
         """Push bytes as a blob unless repo has it (see upload_blob)."""
@@ -306,8 +376,9 @@ class Registry:
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Cross-repository mount of a blob (same registry host); True when the registry mounted
-        it (201), False when it declined (202: it opened an upload session, which is closed)."""
-        scope = f"repository:{repo}:pull,push"
+        it (201), False when it declined (202: it opened an upload session, which is closed).
+        One token covers both repositories: push,pull on the target and pull on the source."""
+        scope = f"repository:{repo}:pull,push repository:{from_repo}:pull"
         resp = self._request("POST", f"/v2/{repo}/blobs/uploads/?mount={digest}&from={from_repo}", scope=scope,
                              allow=(201, 202))
         if resp.status_code == 201:
@@ -319,7 +390,7 @@ class Registry:
         location = resp.headers.get("Location", "")
         if location:
             try:  # best effort: an abandoned session expires on its own
-                self._request("DELETE", location, scope=scope, allow=(204, 404))
+                self._request("DELETE", location, scope=f"repository:{repo}:pull,push", allow=(204, 404))
             except RegistryError:
                 pass
         return False

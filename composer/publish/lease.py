@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Callable, Optional, Tuple, TypeVar
 
-from composer.errors import BuildError
+from composer.errors import BuildError, ComposerError, RegistryError
 from composer.model.canonical import digest_hex
 from composer.model.records import utc_now
 from composer.oci.artifacts import push_artifact, read_artifact
@@ -85,6 +85,8 @@ class _Lease:
         self.digest: Optional[str] = None
         self._stop = threading.Event()
         self._renewer: Optional[threading.Thread] = None
+        self.taken_over = False  # another builder wrote the lease: its image is used
+        self.failed: Optional[str] = None  # renewals failed for longer than a lease lives: why
 
     def _doc(self) -> dict:
         # renewed: for people reading the lease; staleness never compares it with a clock here.
@@ -114,15 +116,24 @@ class _Lease:
         return seen.unchanged_for(str(lease.get("_digest") or lease.get("owner"))) > self.settings.lease_stale
 
     def _renew(self) -> None:
+        """Renew every lease_renew seconds. The clone keeps the client's credentials and fetches
+        new tokens as they expire. A failed renewal is tried again at the next tick; once
+        renewals have failed for longer than a lease stays live (another builder may have taken
+        it over), the lease is lost and the build does not publish (confirm_ownership)."""
         reg = self.reg.clone()  # a client of its own: requests sessions are not shared across threads
+        renewed = time.monotonic()
         while not self._stop.wait(self.settings.lease_renew):
             try:
                 got = read_artifact(reg, self.repo, lease_tag(self.spec), LEASE_TYPE)
                 if got is None or not isinstance(got[0], dict) or got[0].get("owner") != self.owner:
+                    self.taken_over = True
                     return  # lost to another builder: never write over its lease
                 self.write(reg)
-            except Exception:  # a missed renewal only risks a duplicate build, never a wrong result
-                pass
+                renewed = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next tick, until the lease would go stale
+                if time.monotonic() - renewed > self.settings.lease_stale:
+                    self.failed = exc.one_line() if isinstance(exc, ComposerError) else type(exc).__name__
+                    return
 
     def hold(self) -> None:
         self._renewer = threading.Thread(target=self._renew, daemon=True)
@@ -153,6 +164,12 @@ def confirm_ownership() -> None:
     lease = _ACTIVE.get()
     if lease is None:
         return
+    if lease.failed:
+        raise RegistryError(
+            f"lost the build lease for spec {lease.spec[:19]}: it could not be renewed for {lease.settings.lease_stale:g} s "
+            f"({lease.failed.split(';')[0]}), so another builder may have taken over",
+            "nothing was published; rerun the build once the registry answers",
+        )
     current = lease.read()
     if current is None or current.get("owner") != lease.owner:
         raise LostLease()

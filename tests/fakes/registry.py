@@ -32,13 +32,23 @@ distribution spec; each point below was checked against a real 2.8.2:
   `OCI-Subject` on the PUT of a manifest that has a subject).
 
 One deliberate difference: 2.8 ignores tags/list `n` and `last`; the fake paginates as
-the spec says (`Link: <...>; rel="next"`). Without `n` everything comes in one page.
-Not imitated: auth, schema 1, rewriting Docker schema 2 manifests for old clients,
+the spec says (`Link: <...>; rel="next"`). Without `n` everything comes in one page, unless
+`page_size=N` (as GHCR, Harbor or Artifactory do): then tags/list, `_catalog` and the referrers
+API answer at most N entries a page with a relative `Link` to the next.
+
+Options for the client's edge cases: `basic_auth="user:password"` wants Basic credentials on
+every request (401 with a challenge otherwise) and logs each request's Authorization headers
+(`authorizations`); `location_host="localhost:PORT"` writes that host into absolute upload
+Locations (another origin for the same server); `fail_next(..., headers={"Retry-After": "2"})`
+adds headers to a fault; `put_raw_manifest` stores any bytes under a tag (oversized or
+malformed manifests).
+Not imitated: token auth, schema 1, rewriting Docker schema 2 manifests for old clients,
 Content-Range checks (2.8 ignores them too), garbage collection.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.server
@@ -107,10 +117,14 @@ class FakeRegistry:
     """
 
     def __init__(self, *, referrers_api: bool = False, monolithic_post: bool = False,
-                 delete_enabled: bool = True, absolute_locations: bool = True):
+                 delete_enabled: bool = True, absolute_locations: bool = True, page_size: int = 0,
+                 basic_auth: Optional[str] = None, location_host: Optional[str] = None):
         self.referrers_api, self.monolithic_post = referrers_api, monolithic_post
         self.delete_enabled, self.absolute_locations = delete_enabled, absolute_locations
+        self.page_size, self.location_host = page_size, location_host
+        self.basic_auth = "Basic " + base64.b64encode(basic_auth.encode()).decode() if basic_auth else None
         self.requests: List[Tuple[str, str]] = []
+        self.authorizations: List[Tuple[str, str, str, List[str]]] = []  # method, target, Host, Authorization headers
         self._lock = threading.Lock()
         self._secret = os.urandom(16)
         self._blobs: Dict[str, bytes] = {}  # digest -> bytes, shared by all repositories
@@ -182,14 +196,22 @@ class FakeRegistry:
         with self._lock:
             self._drop_manifest(repo, digest)
 
+    def put_raw_manifest(self, repo: str, tag: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
+        """Store any bytes as a manifest under tag, unchecked; returns their digest."""
+        digest = _digest(body)
+        with self._lock:
+            self._manifests.setdefault(repo, {})[digest] = (bytes(body), media_type)
+            self._tags.setdefault(repo, {})[tag] = digest
+        return digest
+
     def fail_next(self, method: Optional[str] = None, path_contains: Optional[str] = None,
-                  status: Optional[int] = 500, times: int = 1) -> None:
+                  status: Optional[int] = 500, times: int = 1, headers: Optional[Dict[str, str]] = None) -> None:
         """Answer the next `times` requests matching method and a substring of the request
         target with `status` (a JSON errors body; the request has no effect). status=None
         closes the connection without answering, as a reset or a crash would."""
         with self._lock:
             self._faults.append({"method": method and method.upper(), "path": path_contains,
-                                 "status": status, "left": times})
+                                 "status": status, "left": times, "headers": headers or {}})
 
     # -- HTTP --------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers, body: bytes) -> Optional[Reply]:
@@ -198,13 +220,24 @@ class FakeRegistry:
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         with self._lock:
             self.requests.append((method, target))
+            self.authorizations.append((method, target, headers.get("Host") or "", headers.get_all("Authorization") or []))
             for fault in self._faults:
                 if fault["left"] > 0 and fault["method"] in (None, method) and (fault["path"] or "") in target:
                     fault["left"] -= 1
                     status = fault["status"]
-                    return None if status is None else _error(status, _FAULT_CODES.get(status, "UNKNOWN"))
+                    if status is None:
+                        return None
+                    code, extra, body = _error(status, _FAULT_CODES.get(status, "UNKNOWN"))
+                    return code, {**extra, **fault["headers"]}, body
+            if self.basic_auth and (headers.get_all("Authorization") or []) != [self.basic_auth]:
+                return 401, {"Content-Type": _JSON, "WWW-Authenticate": 'Basic realm="fake"'}, \
+                    _error(401, "UNAUTHORIZED")[2]
             if url.path in ("/v2", "/v2/"):
                 return 200, {"Content-Type": _JSON}, b"{}"
+            if url.path == "/v2/_catalog":
+                names = sorted(n for n, tags in self._tags.items() if tags)
+                page, link = self._page(names, query, "/v2/_catalog")
+                return 200, {"Content-Type": _JSON, **link}, _json({"repositories": page})
             m = _ROUTE.fullmatch(url.path)
             if not m:
                 return _PAGE_NOT_FOUND
@@ -220,7 +253,16 @@ class FakeRegistry:
             return self._referrers_call(method, name, m["subject"], query)
 
     def _location(self, host: str, path: str) -> str:
-        return f"http://{host}{path}" if self.absolute_locations else path
+        return f"http://{self.location_host or host}{path}" if self.absolute_locations else path
+
+    def _page(self, items: list, query: Dict[str, str], path: str, key=lambda x: x) -> Tuple[list, Dict[str, str]]:
+        """One page of a sorted list after `last`, at most `n` (or page_size) long, and its Link."""
+        last = query.get("last", "")
+        items = [i for i in items if key(i) > last]
+        n = int(query["n"]) if query.get("n", "").isdigit() else self.page_size
+        if 0 < n < len(items):
+            return items[:n], {"Link": f'<{path}?n={n}&last={quote(key(items[n - 1]))}>; rel="next"'}
+        return items, {}
 
     def _manifest_call(self, method: str, name: str, ref: str, headers, body: bytes, host: str) -> Reply:
         by_digest = ref.startswith("sha256:")
@@ -286,17 +328,12 @@ class FakeRegistry:
     def _tags_call(self, method: str, name: str, query: Dict[str, str]) -> Reply:
         if name not in self._tags:
             return _error(404, "NAME_UNKNOWN", {"name": name})
-        last = query.get("last", "")
-        tags = [t for t in sorted(self._tags[name]) if t > last]
-        headers = {"Content-Type": _JSON}
-        if "n" in query:
-            if not query["n"].isdigit():
-                return _error(400, "PAGINATION_NUMBER_INVALID", {"n": query["n"]})
-            n = int(query["n"])
-            if 0 < n < len(tags):
-                headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={quote(tags[n - 1])}>; rel="next"'
-            tags = tags[:n]
-        return 200, headers, _json({"name": name, "tags": tags or None})
+        if "n" in query and not query["n"].isdigit():
+            return _error(400, "PAGINATION_NUMBER_INVALID", {"n": query["n"]})
+        tags, link = self._page(sorted(self._tags[name]), query, f"/v2/{name}/tags/list")
+        if query.get("n") == "0":
+            tags = []
+        return 200, {"Content-Type": _JSON, **link}, _json({"name": name, "tags": tags or None})
 
     def _blob_call(self, method: str, name: str, digest: str) -> Reply:
         held = digest in self._links.get(name, ())
@@ -391,6 +428,8 @@ class FakeRegistry:
         if query.get("artifactType"):
             found = [d for d in found if d.get("artifactType") == query["artifactType"]]
             headers["OCI-Filters-Applied"] = "artifactType"
+        found, link = self._page(found, query, f"/v2/{name}/referrers/{subject}", key=lambda d: d["digest"])
+        headers.update(link)
         return 200, headers, _json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found})
 
 

@@ -58,11 +58,11 @@ def fake_settings(fake_registry: FakeRegistry, tmp_path: Path, monkeypatch: pyte
     monkeypatch.delenv("COMPOSER_SPEC_HASH", raising=False)
     monkeypatch.delenv("COMPOSER_TEST_CRASH_AT", raising=False)
     monkeypatch.chdir(tmp_path)  # no composer.toml from wherever pytest was started
-    monkeypatch.setattr("composer.oci.transport.BACKOFF_BASE", 0.001)  # retries still happen, without the wait
     loaded = load_settings({"registry": f"{fake_registry.host}/{PREFIX}"}, env={})
     # lease_renew is longer than any build here, so a renewal never lands between the writes a test
     # checks the order of; the lease tests shorten it where they need renewals.
-    return dataclasses.replace(loaded, registry_attempts=2, lease_poll=0.02, lease_stale=30.0, lease_renew=5.0,
+    # registry_backoff: retries still happen, without the wait
+    return dataclasses.replace(loaded, registry_attempts=2, registry_backoff=0.001, lease_poll=0.02, lease_stale=30.0, lease_renew=5.0,
                                lease_wait=5.0)
 
 

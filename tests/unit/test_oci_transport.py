@@ -21,7 +21,7 @@ import requests
 from composer.errors import RegistryError, VerificationError
 from composer.oci import transport as transport_mod
 from composer.oci.client import OCI_MANIFEST, Registry
-from composer.oci.transport import RETRY_STATUSES, Transient, Transport, backoff
+from composer.oci.transport import RETRY_STATUSES, RetryPolicy, Transient, Transport
 from tests.fakes import FakeRegistry, registry_fixture
 
 fake_registry = pytest.fixture(registry_fixture)
@@ -32,23 +32,34 @@ def digest(data: bytes) -> str:
 
 
 class _Clock:
-    """Stands in for the transport module's `time`: records the backoff, waits for nothing;
+    """Stands in for the transport module's `time` and `random`: records the backoff, waits for
+    nothing (the clock moves by what was slept); jitter draws `jitter` (1.0: the longest wait);
     `on_sleep` runs at each wait (what happens meanwhile elsewhere)."""
 
     def __init__(self):
         self.sleeps: List[float] = []
         self.on_sleep: Optional[Callable[[], None]] = None
+        self.now = 1000.0
+        self.jitter = 1.0
 
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
+        self.now += seconds
         if self.on_sleep:
             self.on_sleep()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.jitter
 
 
 @pytest.fixture
 def clock(monkeypatch) -> _Clock:
     c = _Clock()
     monkeypatch.setattr(transport_mod, "time", c)
+    monkeypatch.setattr(transport_mod, "random", c)
     return c
 
 
@@ -67,9 +78,18 @@ def _image(fake: FakeRegistry, repo: str = "envs") -> bytes:
 
 
 # -- the retry loop ------------------------------------------------------------------------
-def test_backoff_grows_exponentially_and_is_bounded():
-    assert [backoff(n) for n in (1, 2, 3)] == pytest.approx([0.2, 0.6, 1.8])
-    assert backoff(4) == backoff(10) == transport_mod.BACKOFF_CAP == 3.0
+def test_backoff_doubles_with_jitter_and_is_bounded(clock):
+    policy = RetryPolicy(attempts=9, backoff=0.5, max_wait=3.0)
+    assert [policy.wait(n) for n in (1, 2, 3, 4, 10)] == pytest.approx([0.5, 1.0, 2.0, 3.0, 3.0])
+    clock.jitter = 0.0  # the shortest draw is half the computed wait: waits never collapse to nothing
+    assert [policy.wait(n) for n in (1, 2, 3)] == pytest.approx([0.25, 0.5, 1.0])
+    with pytest.raises(ValueError):
+        RetryPolicy(attempts=0)
+
+
+def test_real_jitter_spreads_the_waits():
+    waits = {RetryPolicy().wait(3) for _ in range(50)}
+    assert len(waits) > 40 and all(1.0 <= w <= 2.0 for w in waits)
 
 
 def test_503_is_retried_with_backoff_then_succeeds(fake_registry, clock):
@@ -79,7 +99,7 @@ def test_503_is_retried_with_backoff_then_succeeds(fake_registry, clock):
                                                   scope="repository:envs:pull")
     assert resp.status_code == 200
     assert [m for m, _ in fake_registry.requests] == ["HEAD"] * 3
-    assert clock.sleeps == pytest.approx([0.2, 0.6])
+    assert clock.sleeps == pytest.approx([0.5, 1.0])
 
 
 @pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
@@ -103,7 +123,7 @@ def test_persistent_503_ends_in_one_error_after_the_attempts(fake_registry, cloc
     line = err.value.one_line()
     assert f"registry {fake_registry.host} failed after 4 attempts" in line and "HTTP 503" in line
     assert len(fake_registry.requests) == 4
-    assert clock.sleeps == pytest.approx([0.2, 0.6, 1.8])
+    assert clock.sleeps == pytest.approx([0.5, 1.0, 2.0])
     assert isinstance(err.value.__cause__, Transient)  # the cause is kept
 
 
@@ -143,7 +163,7 @@ def test_retrying_reruns_a_whole_operation_and_can_end_in_the_callers_error(cloc
     assert err.value is own and len(calls) == 3 + 3
     with pytest.raises(RegistryError, match="failed after 3 upload attempts: still not"):
         t.retrying(never, "upload")
-    assert clock.sleeps == pytest.approx([0.2, 0.6] * 3)
+    assert clock.sleeps == pytest.approx([0.5, 1.0] * 3)
 
 
 def test_unreachable_registry(clock):
@@ -156,7 +176,7 @@ def test_unreachable_registry(clock):
 
 def test_attempts_come_from_the_caller_never_the_environment(monkeypatch):
     monkeypatch.setenv("COMPOSER_REGISTRY_ATTEMPTS", "7")
-    assert Registry("127.0.0.1:5000").attempts == 3
+    assert Registry("127.0.0.1:5000").attempts == 5
     assert Registry("127.0.0.1:5000", attempts=1).attempts == 1
     with pytest.raises(ValueError):
         Registry("127.0.0.1:5000", attempts=0)
@@ -183,7 +203,7 @@ def test_manifest_put_waits_for_a_blob_another_upload_is_committing(fake_registr
         reg.put_manifest("envs", "v2", other, OCI_MANIFEST)
     assert "refused manifest envs:v2 (MANIFEST_BLOB_UNKNOWN" in err.value.one_line()
     assert "check that every blob it names was pushed" in err.value.one_line()
-    assert len(clock.sleeps) == 1 + 2
+    assert len(clock.sleeps) == 1 + 4  # the default 5 attempts
 
 
 def test_a_failed_blob_put_restarts_the_upload_with_a_new_session(fake_registry, clock):
@@ -399,7 +419,7 @@ def test_bearer_token_is_fetched_from_the_realm_once_per_scope(credentials, tmp_
             ("repository%3Aa%3Apull", "fake", [f"Basic {credentials}"]),
             ("repository%3Ab%3Apull", "fake", [f"Basic {credentials}"]),
         ]
-        assert [s for _, _, s in server.log] == [401, 200, 200, 401, 200]
+        assert [s for _, _, s in server.log] == [401, 200, 200, 200]  # the realm known, b asks for its token first
         assert server.log[2][1] == ["Bearer tok-0-repository:a:pull"]
 
         # A clone has the same credentials (no new token) and a session of its own.
