@@ -16,12 +16,12 @@ from typing import Callable, Iterator, Optional
 from composer.settings import Settings
 
 
-def wanted(settings: Settings) -> bool:
-    return settings.progress != "quiet" and (settings.progress == "plain" or sys.stderr.isatty())
+def wanted(settings: Optional[Settings]) -> bool:
+    return settings is not None and settings.progress != "quiet" and (settings.progress == "plain" or sys.stderr.isatty())
 
 
 @contextmanager
-def progress_bar(settings: Settings, description: str, total: Optional[int] = None,
+def progress_bar(settings: Optional[Settings], description: str, total: Optional[int] = None,
                  unit_bytes: bool = True) -> Iterator[Callable[..., None]]:
     """Yields advance(n=0, total=None): n more done; total, when it becomes known."""
     if not wanted(settings):

@@ -49,6 +49,7 @@ from composer.model.refs import ImageRef
 from composer.requirements import canonical_name, parse_requirement, read_requirements, read_text
 from composer.settings import Settings
 from composer.model.urls import redact
+from composer.progress import progress_bar
 from composer.upstream.conda_meta import normalise_package, remember_channel, with_credentials
 from composer.version import __version__
 
@@ -439,39 +440,46 @@ def _verified(path: Path, p: dict) -> bool:
 def fetch_archives(settings: Settings, packages: List[dict]) -> Dict[str, Path]:
     """The locked archives in the host cache, each checked against its sha256 (md5 if that is all
     there is): {name: path}. A wrong or unreachable archive is an error before anything is built."""
-    import requests
-
     cache = cache_dir("pkgs")
     out = {}
-    for p in packages:
-        if not p.get("url") or not (p.get("sha256") or p.get("md5")):
-            raise UsageError(f"conda package {p['name']} {p['version']} has no URL or hash in its lock", "solve it from a channel")
-        target = cache / f"{(p.get('sha256') or p['md5'])[:16]}-{p['fn']}"
-        if not _verified(target, p):
-            tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-            url = with_credentials(p["url"])  # the lock keeps it redacted; the channel as given has the token
-            parsed = urlparse(url)
-            try:
-                if parsed.scheme == "file":
-                    shutil.copyfile(unquote(parsed.path), tmp)
-                else:
-                    ca = settings.ca_bundle_path()
-                    with requests.get(url, stream=True, timeout=60, verify=ca or True) as resp:
-                        resp.raise_for_status()
-                        with open(tmp, "wb") as f:
-                            for chunk in resp.iter_content(1 << 20):
-                                f.write(chunk)
-            except (OSError, requests.RequestException) as exc:
-                tmp.unlink(missing_ok=True)
-                raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {redact_text(str(exc))})",
-                                 "check the channel and the network") from exc
-            if not _verified(tmp, p):
-                tmp.unlink(missing_ok=True)
-                raise UsageError(f"conda package {p['fn']} from {p['channel']} does not match its locked hash",
-                                 "the channel serves other bytes than it indexed; fix the channel")
-            os.replace(tmp, target)
-        out[p["name"]] = target
+    with progress_bar(settings, f"fetching {len(packages)} conda package(s)") as advance:
+        for p in packages:
+            out[p["name"]] = _fetch_archive(settings, p, cache, advance)
     return out
+
+
+def _fetch_archive(settings: Settings, p: dict, cache: Path, advance) -> Path:
+    """One locked archive in the host cache, fetched (with its channel's credentials) unless there."""
+    import requests
+
+    if not p.get("url") or not (p.get("sha256") or p.get("md5")):
+        raise UsageError(f"conda package {p['name']} {p['version']} has no URL or hash in its lock", "solve it from a channel")
+    target = cache / f"{(p.get('sha256') or p['md5'])[:16]}-{p['fn']}"
+    if not _verified(target, p):
+        tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+        url = with_credentials(p["url"])  # the lock keeps it redacted; the channel as given has the token
+        parsed = urlparse(url)
+        try:
+            if parsed.scheme == "file":
+                shutil.copyfile(unquote(parsed.path), tmp)
+            else:
+                ca = settings.ca_bundle_path()
+                with requests.get(url, stream=True, timeout=60, verify=ca or True) as resp:
+                    resp.raise_for_status()
+                    with open(tmp, "wb") as f:
+                        for chunk in resp.iter_content(1 << 20):
+                            f.write(chunk)
+                            advance(len(chunk))
+        except (OSError, requests.RequestException) as exc:
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"conda package {p['fn']} could not be fetched from {p['channel']} ({type(exc).__name__}: {redact_text(str(exc))})",
+                             "check the channel and the network") from exc
+        if not _verified(tmp, p):
+            tmp.unlink(missing_ok=True)
+            raise UsageError(f"conda package {p['fn']} from {p['channel']} does not match its locked hash",
+                             "the channel serves other bytes than it indexed; fix the channel")
+        os.replace(tmp, target)
+    return target
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -131,14 +131,13 @@ def test_inline_extras_from_python_and_ref_once_per_process(env, upstream_run):
     assert states[0]["status"] == "up-to-date"
 
 
-def test_pull_shows_progress_on_a_terminal(env, upstream_run, extras):
-    out = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "tty", env=env)
-    subprocess.run(["docker", "rmi", "-f", out["ref"]], capture_output=True)
+def run_in_pty(args, env: dict, timeout: float = 180):
+    """python -m composer ARGS on a pseudo-terminal, as a person runs it: (exit code, screen)."""
     pid, fd = pty.fork()
-    if pid == 0:  # the child: composer pull on a pseudo-terminal, as a person runs it
+    if pid == 0:  # the child
         os.environ.update({**env, "COMPOSER_PROGRESS": "auto", "COLUMNS": "120"})
-        os.execv(sys.executable, [sys.executable, "-m", "composer", "pull", "tty"])
-    screen, deadline = b"", time.monotonic() + 120
+        os.execv(sys.executable, [sys.executable, "-m", "composer", *args])
+    screen, deadline = b"", time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 1)
         if ready:
@@ -150,11 +149,26 @@ def test_pull_shows_progress_on_a_terminal(env, upstream_run, extras):
                 break
             screen += chunk
     _, status = os.waitpid(pid, 0)
-    text = screen.decode("utf-8", "replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "pulling tty" in text, text
-    assert out["ref"] in text
+    return os.waitstatus_to_exitcode(status), screen.decode("utf-8", "replace")
+
+
+def test_pull_and_build_show_progress_on_a_terminal(env, upstream_run, extras):
+    out = build_json("--upstream-run", upstream_run, "--extra", str(extras), "--name", "tty", env=env)
+    subprocess.run(["docker", "rmi", "-f", out["ref"]], capture_output=True)
+    code, text = run_in_pty(["pull", "tty"], env)
+    assert code == 0, text
+    assert "pulling tty" in text and out["ref"] in text, text
     # Not a terminal: no bar.
     subprocess.run(["docker", "rmi", "-f", out["ref"]], capture_output=True)
     proc = run_cli("pull", "tty", env={**env, "COMPOSER_PROGRESS": "auto"})
     assert proc.returncode == 0 and "pulling" not in proc.stderr
+
+    # A daemonless build: the install and the layer's bytes as they are written and pushed.
+    more = extras.parent / "more-tty.txt"
+    more.write_text(extras.read_text() + "six==1.16.0\n")
+    code, text = run_in_pty(["build", "--upstream-run", upstream_run, "--extra", str(more), "--name", "tty2"], env)
+    assert code == 0, text
+    assert "installing 3 package(s) with uv" in text and "writing and pushing the layer" in text, text
+    quiet = run_cli("build", "--upstream-run", upstream_run, "--extra", str(more), "--name", "tty3",
+                    env={**env, "COMPOSER_PROGRESS": "auto"})
+    assert quiet.returncode == 0 and "writing and pushing" not in quiet.stderr

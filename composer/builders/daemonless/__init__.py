@@ -53,6 +53,7 @@ from composer.kinds.pip import Lock
 from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
 from composer.oci import connect, mutate
+from composer.progress import progress_bar
 from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Registry
 
 __all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "StreamedUpload", "base_manifest", "created_time", "encoding_for", "place_base_layers",
@@ -248,13 +249,27 @@ def encoding_for(settings, compression: str) -> LayerEncoding:
     return layer_encoding("gzip", settings.layer_encoder, settings.gzip_level)
 
 
+class _Counted:
+    """A writer that reports how many bytes went through it (the progress bar)."""
+
+    def __init__(self, sink, advance):
+        self.sink, self.advance = sink, advance
+
+    def write(self, data) -> int:
+        self.advance(len(data))
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
 def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, path: Path,
-                  encoding: LayerEncoding) -> Tuple[Layer, StreamedUpload]:
+                  encoding: LayerEncoding, settings=None) -> Tuple[Layer, StreamedUpload]:
     """Write the layer to path and stream it to repo at the same time (see StreamedUpload)."""
-    with open(path, "wb") as out:
+    with open(path, "wb") as out, progress_bar(settings, "writing and pushing the layer") as advance:
         stream = StreamedUpload(reg, repo, layer_type, out)
         try:
-            layer = write_layer(entries, stream, encoding=encoding)
+            layer = write_layer(entries, _Counted(stream, advance), encoding=encoding)
         except BaseException:
             stream.finish(complete=False)
             raise
@@ -303,13 +318,15 @@ class DaemonlessBuilder(Builder):
 
         with tempfile.TemporaryDirectory(prefix="composer-daemonless-") as tmp:
             prefix = Path(tmp, "prefix")
-            install_extras(settings, lock, upstream, prefix, Path(tmp, "extras.lock"))
+            with progress_bar(settings, f"installing {len(lock.added)} package(s) with uv", total=1, unit_bytes=False) as done:
+                install_extras(settings, lock, upstream, prefix, Path(tmp, "extras.lock"))
+                done(1)
             # The base layers go into place (HEAD / mount) while the layer is being written.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 placing = pool.submit(place_base_layers, reg, repo, base_reg, base, manifest["layers"])
                 fix_scripts(prefix, find_site_packages(prefix), layout.executable)
                 entries = stage_entries(prefix, layout)
-                layer, stream = _stream_layer(reg, repo, layer_type, entries, Path(tmp, "layer"), encoding)
+                layer, stream = _stream_layer(reg, repo, layer_type, entries, Path(tmp, "layer"), encoding, settings)
                 counts = placing.result()
             # reg is this thread's again (placing is done): resend the layer if the stream failed.
             layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, Path(tmp, "layer"), verbose)
