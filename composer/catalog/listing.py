@@ -14,7 +14,7 @@ from composer.oci import connect
 from composer.oci.client import Registry
 from composer.history import Version, append_version, read_history, rewrite_history
 from composer.settings import Settings
-from composer.store import build_records_of, envs_repository, read_run_record, runs_repository
+from composer.store import build_records_of, envs_repository, name_key, read_run_record, runs_repository
 
 _UNIQUE = re.compile(r"-[0-9a-f]{12}\Z")
 
@@ -105,13 +105,19 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
                 candidates.add(v.image.digest)
     # Bases of kept compositions (a composed environment used as another's upstream), all the
     # way down: the base of a kept base is kept too.
+    # A record is found through the shared referrers index and through the record tags of the
+    # names whose history holds the image (the index can lose an entry to a concurrent writer).
+    owners: Dict[str, Set[str]] = {}
+    for name, versions in histories.items():
+        for v in versions:
+            owners.setdefault(v.image.digest, set()).add(v.alias_of or name)
     todo, seen = list(protected), set()
     while todo:
         digest = todo.pop()
         if digest in seen:
             continue
         seen.add(digest)
-        for record, _ in build_records_of(reg, repo, digest):
+        for record, _ in build_records_of(reg, repo, digest, [name_key(n) for n in sorted(owners.get(digest, ()))]):
             if record.base.digest not in protected:
                 protected.add(record.base.digest)
                 todo.append(record.base.digest)
@@ -132,9 +138,15 @@ def gc(settings: Settings, keep: int, older_than_days: float, dry_run: bool) -> 
         kept = [v for v in versions if v.image.digest not in doomed]
         if len(kept) != len(versions):
             rewrite_history(reg, repo, name, kept)
+    tags = reg.tags(repo)
     for digest in doomed:
         for desc in reg.referrers(repo, digest):
             reg.delete_manifest(repo, desc.digest)
+        for tag in tags:  # records at tags of their own (per name, per spec)
+            if tag.startswith(f"sha256-{digest.split(':', 1)[1]}-"):
+                record = reg.head_manifest(repo, tag)
+                if record is not None:
+                    reg.delete_manifest(repo, record.digest)
         index = reg.head_manifest(repo, "sha256-" + digest.split(":", 1)[1])
         if index:
             reg.delete_manifest(repo, index.digest)

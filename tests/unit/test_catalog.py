@@ -261,3 +261,18 @@ def test_gc_never_deletes_the_base_of_a_base_that_is_kept(lab):
     report = gc(lab.settings, keep=1, older_than_days=0, dry_run=True)
     assert b1.digest not in report["deleted"]  # protected: c's base
     assert a1.digest not in report["deleted"]  # b@1 is kept, so its base must be too
+
+
+def test_gc_protects_a_base_whose_record_the_referrers_index_lost(lab):
+    """The base of a kept composition is found through the name's own record tag too."""
+    import json
+
+    from composer.model.refs import referrers_tag
+
+    a1 = lab.publish("a")
+    b1 = lab.publish("b", "a", packages=[("iniconfig", "2.0.0"), ("pluggy", "1.5.0")])  # on a@1
+    lab.publish("a", packages=SIX, update=True)  # a@1 is now old: only b@1's record protects it
+    empty = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+    lab.reg.put_manifest(lab.envs, referrers_tag(b1.digest), json.dumps(empty).encode(), "application/vnd.oci.image.index.v1+json")
+    report = gc(lab.settings, keep=1, older_than_days=0, dry_run=True)
+    assert a1.digest not in report["deleted"]
