@@ -15,15 +15,15 @@ OWN_DISTRIBUTION = "composer-envs"
 
 
 def namesake_warning() -> Optional[str]:
-    """One line when another distribution also provides the top-level `composer` package."""
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name in ("", OWN_DISTRIBUTION):
-            continue
-        top = (dist.read_text("top_level.txt") or "").split()
-        files = dist.files or []
-        if "composer" in top or any(str(f) == "composer/__init__.py" for f in files):
-            return (f"another distribution, {dist.metadata['Name']} {dist.version} ({dist.metadata['Summary'] or 'no summary'}"[:160]
-                    + "), also installs the import package 'composer' here; the two overwrite each other's files: "
-                    f"keep {OWN_DISTRIBUTION} and {dist.metadata['Name']} in separate environments")
-    return None
+    """One line when MosaicML's distribution (`composer` on PyPI) is installed here too. A lookup
+    by name, not a scan of every installed distribution: this runs at every command's start."""
+    try:
+        dist = metadata.distribution("composer")
+    except metadata.PackageNotFoundError:
+        return None
+    if (dist.metadata["Name"] or "").lower() == OWN_DISTRIBUTION:
+        return None
+    summary = (dist.metadata["Summary"] or "no summary")[:100]
+    return (f"another distribution, {dist.metadata['Name']} {dist.version} ({summary}), also installs the import package "
+            f"'composer' here; the two overwrite each other's files: keep {OWN_DISTRIBUTION} and "
+            f"{dist.metadata['Name']} in separate environments")

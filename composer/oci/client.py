@@ -145,6 +145,12 @@ class Registry:
     def _start(self, transport: Transport) -> None:
         self.transport = transport
         self.transfers: List[dict] = []  # see note_transfer
+        # Small blobs already read and digest-checked (records, configs): content-addressed, so
+        # reading one again in the same command can only give the same bytes.
+        self._blobs: Dict[Tuple[str, str], bytes] = {}
+        # None until the registry has answered a referrers query; False: it has no referrers API
+        # (distribution 2.8), so the tag schema is read without asking it again.
+        self._referrers_api: Optional[bool] = None
 
     def clone(self) -> "Registry":
         """Another client for the same host, settings and credentials, with a session of its own
@@ -315,12 +321,14 @@ class Registry:
         what = f"the referrers of {repo}@{digest} from {self.host}"
         entries: list = []
         api = False
-        for resp, index in self._pages(f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull", what=what,
-                                       headers={"Accept": OCI_INDEX}):
-            if not resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
-                break  # not the referrers API (a registry answering something else there)
-            api = True
-            entries += _index_entries(index, what)
+        if self._referrers_api is not False:
+            for resp, index in self._pages(f"/v2/{repo}/referrers/{digest}", scope=f"repository:{repo}:pull", what=what,
+                                           headers={"Accept": OCI_INDEX}):
+                if not resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
+                    break  # not the referrers API (a registry answering something else there)
+                api = True
+                entries += _index_entries(index, what)
+            self._referrers_api = api
         if not api:
             got = self.get_manifest(repo, referrers_tag(digest))
             entries = _index_entries(json.loads(got[0]), what) if got else []
@@ -349,12 +357,16 @@ class Registry:
     def get_blob(self, repo: str, digest: str, limit: int = MAX_DOCUMENT) -> bytes:
         """A small blob (a config, a record) read into memory: at most limit bytes, digest-checked.
         Layers are streamed to files with download_blob instead."""
+        if (repo, digest) in self._blobs:
+            return self._blobs[(repo, digest)]
         resp, body = self.transport.fetch(f"/v2/{repo}/blobs/{digest}", scope=f"repository:{repo}:pull",
                                           allow=(200, 404), limit=limit, what=f"blob {digest} from {self.host}/{repo}")
         if resp.status_code == 404:
             raise NotFoundError(f"blob {digest} is missing from {self.host}/{repo}", "the registry lost content; republish it")
         if sha256_digest(body) != digest:
             raise VerificationError(f"blob {digest} from {self.host}/{repo} does not match its digest", "the registry returned other bytes than it stored")
+        if len(body) <= 1 << 16 and len(self._blobs) < 4096:
+            self._blobs[(repo, digest)] = body
         return body
 
     def push_blob(self, repo: str, data: bytes, media_type: str) -> Descriptor:
