@@ -101,7 +101,7 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
         check_run_ids_free(settings, keys)  # before anything is written or built
     claim = NameClaim(reg, repo, name, spec, settle=min(settings.lease_poll, CLAIM_SETTLE)) if not exists and not update else None
     if claim is not None:
-        claim.stake()  # a concurrent build of another composition under this new name: one of us fails now
+        claim.stake()  # a concurrent build of another composition under this new name: one of us fails
     try:
         return _publish(settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id, provenance=provenance,
                         upstream=upstream, comp=comp, build_it=build_it, found=found, claim=claim, keys=keys)
@@ -179,8 +179,9 @@ def claim_tag(name: str) -> str:
 class NameClaim:
     """Two builds of different compositions under one new name, without --update: exactly one
     may succeed. Registries have no compare-and-swap, so each writes a claim (last writer
-    wins), waits a moment, and reads it back: a build that finds another composition's claim
-    fails with one line. The claim is read again right before anything is written under the
+    wins) and, once it has settled, reads it back before anything is written under the name:
+    a build that finds another composition's claim fails with one line (its image, pushed
+    under its own unique tag, is left unnamed). The claim is read again right before anything is written under the
     name, and the name itself is rechecked then too, so a build that started after the other
     had read its claim back still loses once the other has moved the name."""
 
@@ -188,14 +189,18 @@ class NameClaim:
         self.reg, self.repo, self.name, self.spec, self.settle = reg, repo, name, spec, settle
         self.owner = uuid.uuid4().hex
         self.digest: Optional[str] = None
+        self.staked = time.monotonic()
 
     def stake(self) -> None:
         doc = {"owner": self.owner, "name": self.name, "spec_hash": self.spec, "created": utc_now()}
         self.digest = push_artifact(self.reg, self.repo, doc, CLAIM_TYPE, {}, tag=claim_tag(self.name)).digest
-        time.sleep(self.settle)
-        self.check()
+        self.staked = time.monotonic()
 
     def check(self) -> None:
+        """Raise when another composition's claim replaced ours. The first check waits until the
+        claim has settled (concurrent writers have landed); the build usually takes longer than
+        that, so the wait overlaps it instead of adding to every new name's build."""
+        time.sleep(max(0.0, self.staked + self.settle - time.monotonic()))
         got = read_artifact(self.reg, self.repo, claim_tag(self.name), CLAIM_TYPE)
         doc = got[0] if got and isinstance(got[0], dict) else None
         if doc is None or doc.get("owner") == self.owner or doc.get("spec_hash") == self.spec:
