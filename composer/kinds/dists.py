@@ -230,10 +230,7 @@ def fetch(settings: Settings, packages: List[dict], python_version: str, python_
                              f"on {python_platform}", "check the package index; the lock may be from another index")
         if not _SAFE_FILE.match(chosen["filename"]):
             raise BuildError(f"the package index names a file {chosen['filename'][:80]!r}", "check the package index")
-        cached = cache / f"{chosen['sha256']}-{chosen['filename']}"
-        if not (cached.is_file() and _sha256(cached) == chosen["sha256"]):
-            source.download(chosen["url"], chosen["sha256"], cached)
-        _link(cached, dest / chosen["filename"])
+        cached = _place(source, chosen, cache, dest)
         names.append(chosen["filename"])
         if not chosen["filename"].endswith(".whl"):
             sdists.append(cached)
@@ -301,12 +298,19 @@ def fetch_build_requirements(settings: Settings, sdists: List[Path], python_vers
                 break
         if chosen is None or source is None or not _SAFE_FILE.match(chosen["filename"]):
             raise BuildError(f"no wheel of build requirement {p['name']}=={p['version']} fits the image", "pick a version with a wheel")
-        cached = cache / f"{chosen['sha256']}-{chosen['filename']}"
-        if not (cached.is_file() and _sha256(cached) == chosen["sha256"]):
-            source.download(chosen["url"], chosen["sha256"], cached)
-        _link(cached, dest / chosen["filename"])
+        _place(source, chosen, cache, dest)
         names.append(chosen["filename"])
     return names
+
+
+def _place(source, chosen: dict, cache: Path, dest: Path) -> Path:
+    """The chosen file in the host cache (downloaded and hash-checked unless it is there) and
+    linked into dest; returns its place in the cache."""
+    cached = cache / f"{chosen['sha256']}-{chosen['filename']}"
+    if not (cached.is_file() and _sha256(cached) == chosen["sha256"]):
+        source.download(chosen["url"], chosen["sha256"], cached)
+    _link(cached, dest / chosen["filename"])
+    return cached
 
 
 def _sha256(path: Path) -> str:
