@@ -172,33 +172,43 @@ def stage_entries(prefix: Path, layout: Layout) -> List[Entry]:
     each directory a file needs below the install roots (the roots themselves and their
     ancestors exist in the image and keep its metadata). __pycache__ and uv's lock are left out."""
     site = find_site_packages(prefix)
-    site_rel = site.relative_to(prefix).as_posix() if site else None
+    site_rel = site.relative_to(prefix).as_posix() + "/" if site else None
     roots = {layout.site_packages, layout.scripts, layout.base}
     keep_out = set(roots)
     for r in roots:
         keep_out.update(_ancestors(r))
+    site_dst, base_dst = layout.site_packages.rstrip("/"), layout.base.rstrip("/")
     files: Dict[str, Entry] = {}
-    for dirpath, dirnames, filenames in os.walk(prefix):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-            host = os.path.join(dirpath, name)
-            rel = PurePosixPath(os.path.relpath(host, prefix).replace(os.sep, "/"))
-            if str(rel) == ".lock" or name.endswith(".composer-tmp"):
+    # One scandir per directory (its file types come with it) and plain string paths: this walks
+    # thousands of files on every build, so os.walk's extra stat calls and PurePosixPath add up.
+    pending = [(str(prefix), "")]
+    while pending:
+        host_dir, rel_dir = pending.pop()
+        with os.scandir(host_dir) as it:
+            children = list(it)
+        for child in children:
+            rel = rel_dir + child.name
+            is_link = child.is_symlink()
+            if child.is_dir():  # follows a symlink, as os.walk sorts names
+                if child.name == "__pycache__":
+                    continue
+                if not is_link:
+                    pending.append((child.path, rel + "/"))
+                    continue
+            if rel == ".lock" or child.name.endswith(".composer-tmp"):
                 continue
-            if site_rel and (str(rel).startswith(site_rel + "/")):
-                image = PurePosixPath(layout.site_packages) / rel.relative_to(site_rel)
+            if site_rel and rel.startswith(site_rel):
+                key = f"{site_dst}/{rel[len(site_rel):]}".lstrip("/")
             else:
-                image = PurePosixPath(layout.base) / rel
-            st = os.lstat(host)
-            key = str(image).lstrip("/")
-            if os.path.islink(host):
-                files[key] = Entry(key, "symlink", 0o777, linkname=os.readlink(host))
-            elif os.path.isfile(host):
-                files[key] = Entry(key, "file", file_mode(st.st_mode), source=host)
+                key = f"{base_dst}/{rel}".lstrip("/")
+            if is_link:
+                files[key] = Entry(key, "symlink", 0o777, linkname=os.readlink(child.path))
+            elif child.is_file(follow_symlinks=False):
+                files[key] = Entry(key, "file", file_mode(child.stat(follow_symlinks=False).st_mode), source=child.path)
     dirs: Dict[str, Entry] = {}
     for key in files:
-        for parent in _ancestors("/" + key):
-            if parent in keep_out:
-                continue
-            dirs.setdefault(parent.lstrip("/"), Entry(parent.lstrip("/"), "dir", 0o755))
+        parent = key.rpartition("/")[0]
+        while parent and parent not in dirs and "/" + parent not in keep_out:  # keep_out holds its members' ancestors
+            dirs[parent] = Entry(parent, "dir", 0o755)
+            parent = parent.rpartition("/")[0]
     return sorted(list(files.values()) + list(dirs.values()), key=lambda e: e.path)

@@ -245,14 +245,19 @@ def default_workers() -> int:
 
 class FixedBlocks:
     """Hands data on in pieces of exactly `block` bytes (the last one shorter), whatever sizes
-    it is written in: the encoder's block boundaries, hence its bytes, depend on the data only."""
+    it is written in: the encoder's block boundaries, hence its bytes, depend on the data only.
+    closer (default: sink) is closed by close(), after the last piece."""
 
-    def __init__(self, sink, block: int):
+    def __init__(self, sink, block: int, closer=None):
         self.sink, self.block, self.buf = sink, block, bytearray()
+        self.closer = sink if closer is None else closer
 
     def write(self, data) -> int:
-        self.buf += data
         block = self.block
+        if not self.buf and len(data) == block:  # the tar writer's pieces: passed on as they are
+            self.sink.write(data)
+            return block
+        self.buf += data
         if len(self.buf) >= block:
             view = memoryview(self.buf)
             n = len(self.buf) // block * block
@@ -269,7 +274,7 @@ class FixedBlocks:
         if self.buf:
             self.sink.write(bytes(self.buf))
             self.buf = bytearray()
-        self.sink.close()
+        self.closer.close()
 
 
 class _KeepOpen:
@@ -294,7 +299,10 @@ def _isal_writer(out: BinaryIO, level: int, block: int, workers: int):
     # ISA-L's threaded gzip: the blocks go round-robin to the workers and come back in order, each
     # deflated with the previous block's last 32 KiB as dictionary: the bytes do not depend on
     # the number of threads as long as the blocks are the same, which FixedBlocks makes sure of.
-    return FixedBlocks(igzip_threaded.open(_KeepOpen(out), "wb", compresslevel=level, threads=workers, block_size=block), block)
+    # Blocks go to the gzip writer itself (`raw`), not through the buffered writer open() puts in
+    # front of it, which would copy each one once more.
+    writer = igzip_threaded.open(_KeepOpen(out), "wb", compresslevel=level, threads=workers, block_size=block)
+    return FixedBlocks(writer.raw, block, closer=writer)
 
 
 def _zstd_writer(out: BinaryIO, level: int, workers: int):
@@ -317,20 +325,85 @@ def compressor(out: BinaryIO, encoding: LayerEncoding, workers: Optional[int] = 
     raise ValueError(f"unknown layer encoder {encoding.encoder!r}")
 
 
+class _TarStream:
+    """The tar's bytes, cut into pieces of exactly `block` bytes for the encoder, with their
+    sha256 (the diff_id). Files are read straight into the piece being filled: a layer is
+    hundreds of MB, and every copy of it on this thread costs a tenth of a second."""
+
+    def __init__(self, sink, block: int):
+        self.sink, self.block = sink, block
+        self.buf = bytearray(block)
+        self.pos = 0
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def _emit(self) -> None:
+        piece = bytes(self.buf[: self.pos]) if self.pos < self.block else bytes(self.buf)
+        self.hash.update(piece)
+        self.size += len(piece)
+        self.sink.write(piece)
+        self.pos = 0
+
+    def write(self, data) -> None:
+        view, i, n = memoryview(data), 0, len(data)
+        while i < n:
+            k = min(self.block - self.pos, n - i)
+            self.buf[self.pos : self.pos + k] = view[i : i + k]
+            self.pos += k
+            i += k
+            if self.pos == self.block:
+                self._emit()
+
+    def write_file(self, f, size: int, name: str) -> None:
+        """size bytes of the unbuffered file f, then the padding to the next 512-byte block."""
+        left = size
+        with memoryview(self.buf) as view:
+            while left:
+                got = f.readinto(view[self.pos : self.pos + min(left, self.block - self.pos)])
+                if not got:
+                    raise BuildError(f"{name} shrank while the layer was written", "rerun the build")
+                self.pos += got
+                left -= got
+                if self.pos == self.block:
+                    self._emit()
+        if size % tarfile.BLOCKSIZE:
+            self.write(bytes(tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        """The end of the archive as tarfile writes it: two zero blocks, then zeros up to a
+        whole record."""
+        self.write(bytes(2 * tarfile.BLOCKSIZE))
+        if (self.size + self.pos) % tarfile.RECORDSIZE:
+            self.write(bytes(tarfile.RECORDSIZE - (self.size + self.pos) % tarfile.RECORDSIZE))
+        if self.pos:
+            self._emit()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+# The bytes of tarfile's PAX format: utf-8 always (tarfile's default is the file system's
+# encoding, which would make a non-ASCII path's bytes depend on the machine).
+TAR_ENCODING = "utf-8"
+
+
 def write_layer(entries: Iterable[Entry], out: BinaryIO, compression: str = "gzip", epoch: Optional[int] = None,
                 gzip_level: Optional[int] = None, *, encoding: Optional[LayerEncoding] = None,
                 workers: Optional[int] = None) -> Layer:
     """Write the entries as a reproducible, compressed tar to out (any object with write()).
     Entries are written sorted, root-owned with no user or group names, with mtime epoch
-    (default: source_date_epoch()) and normalised modes. encoding (default: layer_encoding(
-    compression, level=gzip_level)) says how it is compressed; workers never changes the bytes."""
+    (default: source_date_epoch()) and normalised modes: the bytes tarfile writes for them in
+    PAX format, headers and all (tests/unit/test_daemonless_tar.py compares). encoding
+    (default: layer_encoding(compression, level=gzip_level)) says how it is compressed;
+    workers never changes the bytes."""
     epoch = source_date_epoch() if epoch is None else epoch
     encoding = encoding or layer_encoding(compression, level=gzip_level)
     compression = encoding.compression
     compressed = _HashingWriter(out)
     comp = compressor(compressed, encoding, workers)
-    plain = _HashingWriter(comp)
-    with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+    tar = _TarStream(comp, encoding.block or GZIP_BLOCK)
+    try:
         for e in sorted(entries, key=lambda e: e.path):
             info = tarfile.TarInfo(e.path)
             info.mtime = epoch
@@ -338,20 +411,24 @@ def write_layer(entries: Iterable[Entry], out: BinaryIO, compression: str = "gzi
             info.uname = info.gname = ""
             if e.kind == "dir":
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
             elif e.kind == "symlink":
                 info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, e.linkname
-                tar.addfile(info)
             elif e.kind == "file":
                 info.type, info.mode = tarfile.REGTYPE, (0o755 if e.mode & 0o111 else 0o644)
-                if e.data is not None:
-                    info.size = len(e.data)
-                    tar.addfile(info, io.BytesIO(e.data))
-                else:
-                    with open(e.source or "", "rb") as f:
-                        info.size = os.fstat(f.fileno()).st_size
-                        tar.addfile(info, f)
             else:
                 raise ValueError(f"unknown entry kind {e.kind!r}")
-    comp.close()
-    return Layer(compressed.digest, compressed.size, plain.digest, plain.size, compression, encoding)
+            if e.kind != "file":
+                tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
+            elif e.data is not None:
+                info.size = len(e.data)
+                tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
+                tar.write_file(io.BytesIO(e.data), info.size, e.path)
+            else:
+                with open(e.source or "", "rb", buffering=0) as f:
+                    info.size = os.fstat(f.fileno()).st_size
+                    tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
+                    tar.write_file(f, info.size, e.path)
+        tar.close()
+    finally:
+        comp.close()
+    return Layer(compressed.digest, compressed.size, tar.digest, tar.size, compression, encoding)
