@@ -15,19 +15,13 @@ import sys
 import traceback
 from typing import Callable, Dict, List, Optional
 
-from composer import metaflow_link  # noqa: F401  (imported to register Metaflow as a run source and pull hook)
-from composer import pipeline
-from composer.catalog import compare, resolve, transfer
-from composer.catalog import listing as catalog
-from composer.catalog.check import check
-from composer.catalog.pull import pull
-from composer.catalog.rebuild import rebuild
 from composer.errors import EXIT_INTERNAL, EXIT_OK, EXIT_STALE, EXIT_VERIFY, ComposerError, UsageError
-from composer.namesake import namesake_warning
-from composer.replay import build_from_record
 from composer.settings import BUILDERS, load_settings
-from composer.upstream.runs import record_run, run_history
 from composer.version import __version__
+
+# Each command imports what it runs, in run(): a cache hit is a few registry requests, and
+# importing every command's modules first took longer than the requests themselves.
+LINEAGE_FORMATS = ("dot", "html", "mermaid", "svg")  # composer/catalog/compare.py RENDERERS (a test checks)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("lineage")
     p.add_argument("name", help="environment name, NAME@N or alias")
-    p.add_argument("--format", choices=sorted(compare.RENDERERS), default="mermaid", help="picture format (default mermaid)")
+    p.add_argument("--format", choices=LINEAGE_FORMATS, default="mermaid", help="picture format (default mermaid)")
     p.add_argument("-o", "--output", metavar="FILE", help="write the picture to FILE (default: stdout)")
 
     p = command("history")
@@ -217,7 +211,11 @@ def run(args: argparse.Namespace) -> dict:
         return {"script": completion_script(parser(), args.shell)}
     settings = _settings(args)
     c = args.command
+    from composer import metaflow_link  # noqa: F401  (registers Metaflow as a run source and pull hook)
+
     if c == "record":
+        from composer.upstream.runs import record_run
+
         rec, digest = record_run(settings, args.run, args.image, args.requirements, update=args.update)
         return {"run": rec.run, "image": rec.image.pinned, "record": digest, "python": rec.python.version,
                 "distributions": len(rec.distributions)}
@@ -225,10 +223,14 @@ def run(args: argparse.Namespace) -> dict:
         if args.upstream_run or args.extra or args.dry_run:
             raise UsageError("--from-record takes the upstream and the extras from the record",
                              "drop --upstream-run, --extra and --dry-run")
+        from composer.replay import build_from_record
+
         return build_from_record(settings, args.from_record, args.name, args.update, args.run_id)
     if c == "build" and not (args.upstream_run and args.extra):
         missing = " and ".join(f for f, v in (("--upstream-run", args.upstream_run), ("--extra", args.extra)) if not v)
         raise UsageError(f"build needs {missing}", "pass --upstream-run RUN --extra FILE, or --from-record FILE")
+    if c in ("export", "import", "mirror"):
+        from composer.catalog import transfer
     if c == "export":
         return transfer.export(settings, args.targets, args.output, args.without_base)
     if c == "import":
@@ -236,15 +238,23 @@ def run(args: argparse.Namespace) -> dict:
     if c == "mirror":
         return transfer.mirror(settings, args.to, args.targets, args.update)
     if c == "check":
+        from composer.catalog.check import check
+
         return check(settings, args.names, args.deep)
     if c == "build":
+        from composer import pipeline
+
         how = pipeline.plan if args.dry_run else pipeline.build
         kw = {} if args.dry_run else {"update": args.update}
         out = how(settings, args.upstream_run, args.extra, args.name, _vars(args.var), args.run_id,
                   upstream_step=args.upstream_step, **kw)
         return out if args.dry_run else out.to_json()
+    if c in ("history", "alias", "ls", "gc"):
+        from composer.catalog import listing as catalog
     if c == "history":
         if args.run:
+            from composer.upstream.runs import run_history
+
             return {"run": args.run, "versions": run_history(settings, args.run)}
         if not args.name:
             raise UsageError("history needs a NAME (or --run RUN)", "e.g. composer history explainer-a")
@@ -256,9 +266,15 @@ def run(args: argparse.Namespace) -> dict:
     if c == "gc":
         return catalog.gc(settings, args.keep, args.older_than, args.dry_run)
     if c == "rebuild":
+        from composer.catalog.rebuild import rebuild
+
         return rebuild(settings, args.names, args.dry_run)
     if c == "pull":
+        from composer.catalog.pull import pull
+
         return pull(settings, args.name, use_docker=not args.no_docker)
+    if c in ("diff", "lineage"):
+        from composer.catalog import compare
     if c == "diff":
         return compare.diff(settings, args.a, args.b)
     if c == "lineage":
@@ -270,6 +286,8 @@ def run(args: argparse.Namespace) -> dict:
                 f.write(picture)
             os.replace(tmp, args.output)  # never a half-written picture
         return {**graph, "format": args.format, "picture": None if args.output else picture, "output": args.output}
+    from composer.catalog import resolve
+
     ref, record, digest = resolve(settings, args.name)
     if c == "ref":
         return {"ref": ref, "record": digest}
@@ -429,6 +447,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.verbose:
             _verbose()
         if not args.quiet:
+            from composer.namesake import namesake_warning
+
             note = namesake_warning()
             if note:
                 print(f"composer: warning: {note}", file=sys.stderr)

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from composer import kinds, state
-from composer.builders import BuildJob, build_image, choose_builder
+from composer.builders.base import BuildJob
 from composer.dockerfile import load_template
 from composer.errors import LockConflictError
 from composer.kinds import Composition, EnvironmentKind
-from composer.kinds.dists import fetch as fetch_dists
 from composer.kinds.pip import uv_binary
 from composer.model.canonical import canonical_json, sha256_digest
 from composer.model.records import BuildRecord, Image, Lock as RecordLock, LockedPackage, RunRecord, utc_now
@@ -116,6 +115,8 @@ def plan(settings: Settings, upstream_run: str, extra: Extras, name: Optional[st
     found = cached_image(connect(settings), repo, p.comp.spec_hash)
     builder, reason = None, None
     if found is None:
+        from composer.builders import choose_builder  # the builders only load when something is built
+
         chosen, reason = choose_builder(new_job(settings, p.name, p.comp, p.base, p.upstream))
         builder = chosen.name
     return {
@@ -158,6 +159,8 @@ def build_and_record(settings: Settings, name: str, comp: Composition, base: Ima
     """Build and push the image, then its record (what publish calls once it holds the lease).
     image_version: the composer version the image's label names (a rebuild from a record keeps
     the record's, so the image is the same)."""
+    from composer.builders import build_image  # the builders only load when something is built
+
     job = new_job(settings, name, comp, base, upstream, image_version)
     digest, builder = build_image(job)
     record = BuildRecord(
@@ -211,6 +214,8 @@ def prepare_context(settings: Settings, context: Path, dockerfile: str, comp: Co
     hash-checked here (composer-dists/), uv; the kind's own files. The build needs no index,
     no network and no secret: it returns none ({id: path}), since its steps run the upstream's
     own interpreter, and that is the upstream's code."""
+    from composer.kinds.dists import fetch as fetch_dists  # only a BuildKit build needs it
+
     context.mkdir(parents=True, exist_ok=True)
     (context / "Dockerfile").write_text(dockerfile, encoding="utf-8")
     (context / "composer-extras.lock").write_text(comp.lock.added_lock_text() if comp.lock.added else "", encoding="utf-8")

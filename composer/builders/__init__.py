@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 from typing import Optional, Tuple
 
-from composer.builders import buildkit, daemonless
 from composer.builders.base import Builder, BuildJob, CannotBuild
 from composer.errors import BuildError
 from composer.settings import Settings
@@ -29,6 +28,8 @@ def choose_builder(job: BuildJob) -> Tuple[Builder, Optional[str]]:
     `auto` uses the daemonless builder when it can, else BuildKit; `--builder daemonless`
     fails with one line saying why instead; a named BuildKit builder (buildctl, buildx,
     docker) is used as it is."""
+    from composer.builders import buildkit, daemonless  # loaded when a build is planned, not on a cache hit
+
     settings = job.settings
     reason: Optional[str] = None
     if settings.builder in ("auto", "daemonless"):
@@ -49,6 +50,8 @@ def build_image(job: BuildJob) -> Tuple[str, str]:
     """Build job's image and push it to job.target with the builder choose_builder picks:
     (image digest, builder name). A daemonless build that finds out mid-way that it cannot (a
     package without a wheel) falls back to BuildKit under `auto`; BuildKit says why on stderr."""
+    from composer.builders import buildkit
+
     settings = job.settings
     builder, reason = choose_builder(job)
     if reason is None and settings.builder in ("auto", "daemonless"):  # the daemonless builder was chosen

@@ -22,7 +22,6 @@ The path, end to end:
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -208,6 +207,8 @@ def _worker() -> None:
 
 
 def _op_solve(req: dict) -> List[dict]:
+    import asyncio  # only in the worker process
+
     r = _rattler()
     client = _client()
     gateway = r.Gateway(cache_dir=Path(req["cache"]), **({"client": client} if client is not None else {}))
@@ -220,6 +221,8 @@ def _op_solve(req: dict) -> List[dict]:
 
 
 def _op_install(req: dict) -> None:
+    import asyncio  # only in the worker process
+
     r = _rattler()
     records = [_repodata_record(p, url=p.get("archive_url")) for p in req["records"]]
     asyncio.run(r.install(

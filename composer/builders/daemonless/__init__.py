@@ -178,15 +178,16 @@ _ABORT = object()
 
 
 class StreamedUpload:
-    """A sink for the compressed layer: every byte goes to `file` (the copy a failed stream is
-    pushed again from) and, in UPLOAD_CHUNK pieces, to a chunked upload that runs in another
-    thread with a client of its own (reg.clone()), so the upload overlaps the tar and the
-    compression. Memory is bounded (a queue of a few chunks). A failed stream stops taking
-    chunks and never blocks the writer; finish() then answers None and the caller pushes the
-    file with upload_blob (retried), so the stream only ever saves time, never correctness."""
+    """A sink for the compressed layer: in UPLOAD_CHUNK pieces, it goes to a chunked upload that
+    runs in another thread with a client of its own (reg.clone()), so the upload overlaps the tar
+    and the compression. Memory is bounded (a queue of a few chunks). A failed stream stops taking
+    chunks and never blocks the writer; finish() then answers None and the caller writes the
+    layer again (the same bytes: it is reproducible) to a file and pushes that with upload_blob
+    (retried), so the stream only ever saves time, never correctness. Nothing goes to disk on
+    the way: hundreds of MB written and removed again on every build."""
 
-    def __init__(self, reg: Registry, repo: str, media_type: str, file, chunk: int = UPLOAD_CHUNK, depth: int = 4):
-        self.file, self.chunk = file, chunk
+    def __init__(self, reg: Registry, repo: str, media_type: str, chunk: int = UPLOAD_CHUNK, depth: int = 4):
+        self.chunk = chunk
         self.client = reg.clone()
         self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
         self.buf = bytearray()
@@ -219,7 +220,6 @@ class StreamedUpload:
                 continue
 
     def write(self, data) -> int:
-        self.file.write(data)
         if self.thread.is_alive():
             self.buf += data
             if len(self.buf) >= self.chunk:
@@ -263,11 +263,11 @@ class _Counted:
         self.sink.flush()
 
 
-def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, path: Path,
-                  encoding: LayerEncoding, settings=None) -> Tuple[Layer, StreamedUpload]:
-    """Write the layer to path and stream it to repo at the same time (see StreamedUpload)."""
-    with open(path, "wb") as out, progress_bar(settings, "writing and pushing the layer") as advance:
-        stream = StreamedUpload(reg, repo, layer_type, out)
+def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, encoding: LayerEncoding,
+                  settings=None) -> Tuple[Layer, StreamedUpload]:
+    """Write the layer and stream it to repo at the same time (see StreamedUpload)."""
+    with progress_bar(settings, "writing and pushing the layer") as advance:
+        stream = StreamedUpload(reg, repo, layer_type)
         try:
             layer = write_layer(entries, _Counted(stream, advance), encoding=encoding)
         except BaseException:
@@ -277,9 +277,10 @@ def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, path: Path
     return layer, stream
 
 
-def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, stream: StreamedUpload, path: Path,
-                  verbose: bool) -> Tuple[Descriptor, str]:
-    """The layer's descriptor once it is in repo: streamed, or (the stream failed) resent from path."""
+def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, stream: StreamedUpload, entries,
+                  tmp: Path, verbose: bool) -> Tuple[Descriptor, str]:
+    """The layer's descriptor once it is in repo: streamed, or (the stream failed) written again
+    to a file under tmp and sent from there."""
     got = stream.result if stream.error is None else None
     if got is not None and (got.digest, got.size) == (layer.digest, layer.size):
         reg.note_transfer("uploaded", repo, layer.digest, layer.size)
@@ -287,6 +288,12 @@ def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, strea
     if verbose:
         why = stream.error if stream.error is not None else f"it stored {got.digest if got else '?'}"
         sys.stderr.write(f"composer: daemonless: the streamed layer upload failed ({why}); pushing it again in one piece\n")
+    path = tmp / "layer"
+    with open(path, "wb") as out:
+        again = write_layer(entries, out, encoding=layer.encoding)
+    if (again.digest, again.size) != (layer.digest, layer.size):
+        raise BuildError(f"the layer came out as {again.digest} the second time, {layer.digest} the first",
+                         "a staged file changed while the layer was written; rerun the build")
     return reg.upload_blob(repo, layer.digest, layer.size, path=path, media_type=layer_type), "resent"
 
 # -- the whole job ------------------------------------------------------------------------------
@@ -326,10 +333,10 @@ class DaemonlessBuilder(Builder):
                 placing = pool.submit(place_base_layers, reg, repo, base_reg, base, manifest["layers"])
                 fix_scripts(prefix, find_site_packages(prefix), layout.executable)
                 entries = stage_entries(prefix, layout)
-                layer, stream = _stream_layer(reg, repo, layer_type, entries, Path(tmp, "layer"), encoding, settings)
+                layer, stream = _stream_layer(reg, repo, layer_type, entries, encoding, settings)
                 counts = placing.result()
             # reg is this thread's again (placing is done): resend the layer if the stream failed.
-            layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, Path(tmp, "layer"), verbose)
+            layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, entries, Path(tmp), verbose)
         job.layer = encoding.to_json()
 
         added = " ".join(f"{p['name']}=={p['version']}" for p in lock.added)

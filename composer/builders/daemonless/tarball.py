@@ -336,10 +336,15 @@ class _TarStream:
         self.pos = 0
         self.hash = hashlib.sha256()
         self.size = 0
+        # sha256 lets go of the GIL: hashing on a thread of its own takes it off this one's path.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="composer-diff-id")
+        self.hashing: "collections.deque" = collections.deque()
 
     def _emit(self) -> None:
         piece = bytes(self.buf[: self.pos]) if self.pos < self.block else bytes(self.buf)
-        self.hash.update(piece)
+        self.hashing.append(self.hasher.submit(self.hash.update, piece))  # one worker: in order
+        while len(self.hashing) > 8:  # bounded memory
+            self.hashing.popleft().result()
         self.size += len(piece)
         self.sink.write(piece)
         self.pos = 0
@@ -354,18 +359,22 @@ class _TarStream:
             if self.pos == self.block:
                 self._emit()
 
-    def write_file(self, f, size: int, name: str) -> None:
-        """size bytes of the unbuffered file f, then the padding to the next 512-byte block."""
+    def write_file(self, fd: int, size: int, name: str) -> None:
+        """size bytes of the open file fd, then the padding to the next 512-byte block."""
         left = size
         with memoryview(self.buf) as view:
             while left:
-                got = f.readinto(view[self.pos : self.pos + min(left, self.block - self.pos)])
+                got = os.readv(fd, [view[self.pos : self.pos + min(left, self.block - self.pos)]])
                 if not got:
                     raise BuildError(f"{name} shrank while the layer was written", "rerun the build")
                 self.pos += got
                 left -= got
                 if self.pos == self.block:
                     self._emit()
+        self.pad(size)
+
+    def pad(self, size: int) -> None:
+        """Zeros from the end of size bytes of data to the next 512-byte block."""
         if size % tarfile.BLOCKSIZE:
             self.write(bytes(tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
 
@@ -377,15 +386,55 @@ class _TarStream:
             self.write(bytes(tarfile.RECORDSIZE - (self.size + self.pos) % tarfile.RECORDSIZE))
         if self.pos:
             self._emit()
+        self.stop()
+
+    def stop(self) -> None:
+        while self.hashing:
+            self.hashing.popleft().result()
+        self.hasher.shutdown(wait=True, cancel_futures=True)
 
     @property
     def digest(self) -> str:
         return "sha256:" + self.hash.hexdigest()
 
 
+_TYPES = {"file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE, "dir": tarfile.DIRTYPE}
+_USTAR_MAX = 8 ** 11  # sizes and mtimes below this fit the header's 11 octal digits
+
+
+def ustar_header(path: str, kind: str, mode: int, size: int, mtime: int, linkname: str = "") -> Optional[bytes]:
+    """The 512-byte header tarfile's PAX format writes for a root-owned entry whose path and
+    link are short ASCII: a plain ustar header. None for anything else (a long or non-ASCII path
+    needs a PAX extended header: tarfile writes those). Every entry of a layer has a header, and
+    tarfile takes ten times as long to make one; tests/unit/test_daemonless_tar.py checks the
+    bytes are the same."""
+    if kind == "dir" and not path.endswith("/"):
+        path += "/"
+    try:
+        name, link = path.encode("ascii"), linkname.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if len(name) > 100 or len(link) > 100 or not (0 <= size < _USTAR_MAX and 0 <= mtime < _USTAR_MAX):
+        return None
+    head = b"".join((name.ljust(100, b"\0"), b"%07o\0" % (mode & 0o7777), b"0000000\0" * 2, b"%011o\0" % size,
+                     b"%011o\0" % mtime, b" " * 8, _TYPES[kind], link.ljust(100, b"\0"), tarfile.POSIX_MAGIC)).ljust(512, b"\0")
+    return head[:148] + b"%06o\0" % sum(head) + head[155:]  # the checksum counts its own field as spaces
+
+
 # The bytes of tarfile's PAX format: utf-8 always (tarfile's default is the file system's
 # encoding, which would make a non-ASCII path's bytes depend on the machine).
 TAR_ENCODING = "utf-8"
+
+
+def _header(path: str, kind: str, mode: int, size: int, mtime: int, linkname: str = "") -> bytes:
+    fast = ustar_header(path, kind, mode, size, mtime, linkname)
+    if fast is not None:
+        return fast
+    info = tarfile.TarInfo(path)
+    info.type, info.mode, info.size, info.mtime, info.linkname = _TYPES[kind], mode, size, mtime, linkname
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape")
 
 
 def write_layer(entries: Iterable[Entry], out: BinaryIO, compression: str = "gzip", epoch: Optional[int] = None,
@@ -405,30 +454,25 @@ def write_layer(entries: Iterable[Entry], out: BinaryIO, compression: str = "gzi
     tar = _TarStream(comp, encoding.block or GZIP_BLOCK)
     try:
         for e in sorted(entries, key=lambda e: e.path):
-            info = tarfile.TarInfo(e.path)
-            info.mtime = epoch
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if e.kind == "dir":
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-            elif e.kind == "symlink":
-                info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, e.linkname
-            elif e.kind == "file":
-                info.type, info.mode = tarfile.REGTYPE, (0o755 if e.mode & 0o111 else 0o644)
-            else:
+            if e.kind not in _TYPES:
                 raise ValueError(f"unknown entry kind {e.kind!r}")
+            mode = 0o755 if e.kind == "dir" or (e.kind == "file" and e.mode & 0o111) else 0o777 if e.kind == "symlink" else 0o644
             if e.kind != "file":
-                tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
+                tar.write(_header(e.path, e.kind, mode, 0, epoch, e.linkname))
             elif e.data is not None:
-                info.size = len(e.data)
-                tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
-                tar.write_file(io.BytesIO(e.data), info.size, e.path)
+                tar.write(_header(e.path, e.kind, mode, len(e.data), epoch))
+                tar.write(e.data)
+                tar.pad(len(e.data))
             else:
-                with open(e.source or "", "rb", buffering=0) as f:
-                    info.size = os.fstat(f.fileno()).st_size
-                    tar.write(info.tobuf(tarfile.PAX_FORMAT, TAR_ENCODING, "surrogateescape"))
-                    tar.write_file(f, info.size, e.path)
+                fd = os.open(e.source or "", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    size = os.fstat(fd).st_size
+                    tar.write(_header(e.path, e.kind, mode, size, epoch))
+                    tar.write_file(fd, size, e.path)
+                finally:
+                    os.close(fd)
         tar.close()
     finally:
+        tar.stop()
         comp.close()
     return Layer(compressed.digest, compressed.size, tar.digest, tar.size, compression, encoding)
