@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from composer.errors import RegistryError, VerificationError
 from composer.model.canonical import canonical_json
@@ -74,8 +74,9 @@ def read_history(reg: Registry, repo: str, name: str) -> List[Version]:
 
 
 def append_version(reg: Registry, repo: str, name: str, image: Descriptor, record: str, spec_hash: str,
-                   reason: str, alias_of: Optional[str] = None) -> Version:
-    """Add a version unless the newest one already is this image (and alias target); returns the newest."""
+                   reason: str, alias_of: Optional[str] = None, before_write: Optional[Callable[[], None]] = None) -> Version:
+    """Add a version unless the newest one already is this image (and alias target); returns the
+    newest. before_write runs right before the history is written (not when nothing is)."""
     for _ in range(5):
         got = reg.get_manifest(repo, history_tag(name))
         index = json.loads(got[0]) if got else {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [],
@@ -89,6 +90,8 @@ def append_version(reg: Registry, repo: str, name: str, image: Descriptor, recor
             annotations[A_ALIAS_OF] = alias_of
         index["manifests"].append({"mediaType": image.media_type, "digest": image.digest, "size": image.size,
                                    "annotations": annotations})
+        if before_write is not None:
+            before_write()
         reg.put_manifest(repo, history_tag(name), canonical_json(index), OCI_INDEX)
         check = read_history(reg, repo, name)  # a concurrent writer may have replaced ours
         if check and check[-1].number == number and check[-1].image.digest == image.digest:

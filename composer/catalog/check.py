@@ -30,7 +30,7 @@ from composer.store import envs_repository, read_run_record, runs_repository
 class Checker:
     def __init__(self, settings: Settings, deep: bool):
         self.settings, self.deep = settings, deep
-        self.reg = connect(settings)
+        self.reg = connect(settings).clone()  # a client of its own: what this command saw earlier is not evidence
         self.envs, self.runs = envs_repository(settings), runs_repository(settings)
         self.problems: List[dict] = []
         self.seen: Set[str] = set()

@@ -16,7 +16,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 from urllib.parse import urljoin
 
 import requests
@@ -151,6 +151,12 @@ class Registry:
         # None until the registry has answered a referrers query; False: it has no referrers API
         # (distribution 2.8), so the tag schema is read without asking it again.
         self._referrers_api: Optional[bool] = None
+        # Manifests by digest this client read or wrote, and small blobs it knows the repository
+        # holds (it uploaded them, or a HEAD said so): content-addressed, so asking again in the
+        # same command can only give the same answer, unless this client deleted it (forgotten
+        # then). A blob removed behind our back fails the manifest PUT that needs it: closed.
+        self._manifests: Dict[Tuple[str, str], Tuple[bytes, Descriptor]] = {}
+        self._have: Dict[Tuple[str, str], int] = {}
 
     def clone(self) -> "Registry":
         """Another client for the same host, settings and credentials, with a session of its own
@@ -203,6 +209,8 @@ class Registry:
     def get_manifest(self, repo: str, ref: str) -> Optional[Tuple[bytes, Descriptor]]:
         """A manifest's bytes (at most 4 MiB, a JSON object, matching its digest) and its
         descriptor, or None when the registry says 404."""
+        if (repo, ref) in self._manifests:
+            return self._manifests[(repo, ref)]
         resp, body = self.transport.fetch(
             f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
             headers={"Accept": ", ".join(MANIFEST_TYPES)}, allow=(200, 404),
@@ -221,7 +229,12 @@ class Registry:
         parsed = parse_json_object(body, f"manifest {repo}:{ref} from {self.host}")
         if isinstance(parsed.get("mediaType"), str) and parsed["mediaType"]:
             media_type = parsed["mediaType"]
-        return body, Descriptor(media_type, digest, len(body))
+        return self._remember(repo, body, Descriptor(media_type, digest, len(body)))
+
+    def _remember(self, repo: str, body: bytes, desc: Descriptor) -> Tuple[bytes, Descriptor]:
+        if len(self._manifests) < 4096:
+            self._manifests[(repo, desc.digest)] = (body, desc)
+        return body, desc
 
     def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> Tuple[Descriptor, bool]:
         """Store a manifest under a tag or its digest. Returns its descriptor and whether the
@@ -245,15 +258,21 @@ class Registry:
         claimed = resp.headers.get("Docker-Content-Digest")
         if claimed and claimed != digest:
             raise VerificationError(f"registry {self.host} stored {repo}:{ref} as {claimed}, expected {digest}", "the registry is inconsistent")
-        return Descriptor(media_type, digest, len(body)), bool(resp.headers.get("OCI-Subject"))
+        desc = Descriptor(media_type, digest, len(body))
+        self._remember(repo, body, desc)
+        return desc, bool(resp.headers.get("OCI-Subject"))
 
-    def tag(self, repo: str, digest: str, *tags: str) -> None:
-        """Point tags, in order, at an existing manifest, copying its exact bytes (digest unchanged)."""
+    def tag(self, repo: str, digest: str, *tags: str, before_write: Optional[Callable[[], None]] = None) -> None:
+        """Point tags, in order, at an existing manifest, copying its exact bytes (digest unchanged).
+        before_write runs once, right before the first tag that has to move is written."""
         got = None
         for tag in tags:
             current = self.head_manifest(repo, tag)
             if current is not None and current.digest == digest:
                 continue
+            if before_write is not None:
+                before_write()
+                before_write = None
             if got is None:
                 got = self.get_manifest(repo, digest)
                 if got is None:
@@ -309,6 +328,7 @@ class Registry:
 
     def delete_manifest(self, repo: str, digest: str) -> None:
         """Delete a manifest by digest (its tags go with it); already gone is fine."""
+        self._manifests.pop((repo, digest), None)
         resp = self._request("DELETE", f"/v2/{repo}/manifests/{digest}", scope=f"repository:{repo}:delete",
                              allow=(202, 404, 405))
         if resp.status_code == 405:
@@ -413,18 +433,21 @@ class Registry:
         Monolithic POST + PUT, retried as a whole: an upload session does not survive a failed PUT.
         The registry checks the digest on PUT, and the stored size is checked afterwards."""
         desc = Descriptor(media_type, digest, size)
-        have = self.blob_size(repo, digest)
+        have = self._have.get((repo, digest))
+        have = self.blob_size(repo, digest) if have is None else have
         if have is not None:
             if have != size:
                 raise VerificationError(f"registry {self.host} holds {repo}@{digest} with {have} bytes, expected {size}", "the registry is inconsistent")
             self.note_transfer("present", repo, digest, size)
+            self._known(repo, digest, size)
             return desc
         scope = f"repository:{repo}:pull,push"
         uploads = f"/v2/{repo}/blobs/uploads/"
         body = _StreamBody(path=path, data=data, size=size)
         t = self.transport
 
-        def attempt() -> None:
+        def attempt() -> bool:
+            """Whether the registry confirmed the digest it stored (Docker-Content-Digest)."""
             start = t.check(t.send("POST", uploads, scope=scope), scope=scope, allow=(202,), what=f"POST {uploads}")
             location = start.headers.get("Location", "")
             if not location:
@@ -436,19 +459,28 @@ class Registry:
                                scope=scope, allow=(201,), what=f"the upload of {digest[:19]} to {repo}")
             except Transient:
                 if self.blob_size(repo, digest) == size:  # the PUT landed though its answer was lost
-                    return
+                    return True
                 raise
             claimed = resp.headers.get("Docker-Content-Digest")
             if claimed and claimed != digest:
                 raise VerificationError(f"registry {self.host} stored {claimed} for an upload of {digest}", "the registry is inconsistent")
+            return claimed == digest
 
-        t.retrying(attempt, "upload")
+        if not t.retrying(attempt, "upload"):  # no digest in the answer: ask what it holds
+            self._check_stored(repo, digest, size)
+        self.note_transfer("uploaded", repo, digest, size)
+        self._known(repo, digest, size)
+        return desc
+
+    def _check_stored(self, repo: str, digest: str, size: int) -> None:
         stored = self.blob_size(repo, digest)
         if stored != size:
             raise VerificationError(f"after the upload registry {self.host} holds {repo}@{digest} with size {stored}, expected {size}",
                                     "the registry is inconsistent")
-        self.note_transfer("uploaded", repo, digest, size)
-        return desc
+
+    def _known(self, repo: str, digest: str, size: int) -> None:
+        if size <= 1 << 16 and len(self._have) < 4096:  # configs, records: the ones asked about again
+            self._have[(repo, digest)] = size
 
     def download_blob(self, repo: str, digest: str, path) -> int:
         """Stream a blob into a file, checking its digest; returns its size."""
@@ -524,10 +556,8 @@ class Registry:
         claimed = resp.headers.get("Docker-Content-Digest")
         if claimed and claimed != digest:
             raise VerificationError(f"registry {self.host} stored {claimed} for an upload of {digest}", "the registry is inconsistent")
-        stored = self.blob_size(repo, digest)
-        if stored != offset:
-            raise VerificationError(f"after the upload registry {self.host} holds {repo}@{digest} with size {stored}, expected {offset}",
-                                    "the registry is inconsistent")
+        if claimed != digest:  # the registry did not say what it stored: ask
+            self._check_stored(repo, digest, offset)
         self.note_transfer("uploaded", repo, digest, offset)
         return Descriptor(media_type, digest, offset)
 

@@ -114,23 +114,24 @@ def _publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: s
              provenance: Provenance, upstream: RunRecord, comp: Composition, build_it: Callable[[], Tuple[BuildRecord, Image]],
              found: Optional[Found], claim: Optional["NameClaim"], keys: List[str]) -> BuildResult:
 
-    def still_ours() -> None:
+    def still_ours(image: Optional[str] = None) -> None:
         """Right before anything is written under name: no concurrent build of another
-        composition took the name (its claim, or the name itself) since we checked."""
+        composition took the name (its claim, or the name itself) since we checked. image:
+        our image's digest, when known (a name already pointing at it is ours)."""
         if claim is not None:
             claim.check()
-        check_name_free(reg, repo, name, spec, update)
+        check_name_free(reg, repo, name, spec, update, image=image)
 
     def build_and_store() -> Found:
         record, _ = build_it()
         image = verify_image(settings, reg, repo, record.image.digest, parse_image_ref(record.base.pinned))
         checkpoint("after-image-push")
-        still_ours()
+        still_ours(image.digest)
         desc = write_build_record(reg, repo, record, image, [name_key(name), spec_key(spec)])
         checkpoint("after-record")
         reg.tag(repo, image.digest, spec_tag(spec))
         checkpoint("after-spec-tag")
-        still_ours()
+        still_ours(image.digest)
         store_as_upstream(settings, record, upstream, comp, keys)
         return image, [(record, desc)]
 
@@ -145,19 +146,19 @@ def _publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: s
         # this name gets a record of its own, with its own provenance.
         if not built:
             check_run_ids_free(settings, keys)  # before anything is written
-        still_ours()
+        still_ours(image.digest)
         record = with_provenance(records[0][0], name, spec, provenance)
         newest = (record, write_build_record(reg, repo, record, image, [name_key(name)]))
         store_as_upstream(settings, record, upstream, comp, keys)
     elif run_id and not built:  # a reused composition still becomes this run's environment
-        still_ours()
+        still_ours(image.digest)
         ensure_run_record(settings, newest[0], upstream, comp, run_id)
     record, record_desc = newest
-    # The name's history, then the name tag, last; each checked once more just before.
-    still_ours()
-    append_version(reg, repo, name, image, record_desc.digest, spec, "built" if built else "reused")
-    still_ours()
-    reg.tag(repo, image.digest, unique_tag(name, spec), name)
+    # The name's history, then the name tag, last; each checked once more just before it is
+    # written (a cache hit with everything in place writes neither, and checks nothing).
+    append_version(reg, repo, name, image, record_desc.digest, spec, "built" if built else "reused",
+                   before_write=lambda: still_ours(image.digest))
+    reg.tag(repo, image.digest, unique_tag(name, spec), name, before_write=lambda: still_ours(image.digest))
     # The shared referrers index may have lost our record to a concurrent writer: put it back
     # (best effort; `resolve` finds it at the name's own record tag regardless).
     if record_desc.artifact_type:
@@ -241,14 +242,16 @@ def cached_image(reg: Registry, repo: str, spec: str, name: Optional[str] = None
     return (desc, records) if records else None
 
 
-def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool, found: Optional[Found] = None) -> bool:
+def check_name_free(reg: Registry, repo: str, name: str, spec: str, update: bool, found: Optional[Found] = None,
+                    image: Optional[str] = None) -> bool:
     """A name points at one composition; moving it to another needs --update. found: the cached
-    image of spec, whose records need not be read twice when the name already points at it.
+    image of spec, whose records need not be read twice when the name already points at it;
+    image: the digest of spec's image, when known (a name pointing at it is ours).
     Returns whether the name exists."""
     current = reg.head_manifest(repo, name)
     if current is None:
         return False
-    if update:
+    if update or current.digest == image:
         return True
     records = found[1] if found is not None and found[0].digest == current.digest else \
         build_records_of(reg, repo, current.digest, [name_key(name)])
