@@ -16,7 +16,7 @@ import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urljoin
 
 import requests
@@ -91,6 +91,21 @@ def _index_entries(index: dict, what: str) -> list:
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise VerificationError(f"{what} has a malformed manifests list", "the registry content is corrupt")
     return entries
+
+
+class Pieces:
+    """One request body given as several bytes objects, sent one after the other without being
+    joined into one (a copy of every byte); its length is known, so it goes with Content-Length."""
+
+    def __init__(self, parts: Iterable[bytes]):
+        self.parts = [p for p in parts if p]
+        self.size = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        return iter(self.parts)
 
 
 class _StreamBody:
@@ -470,6 +485,8 @@ class Registry:
             self._check_stored(repo, digest, size)
         self.note_transfer("uploaded", repo, digest, size)
         self._known(repo, digest, size)
+        if data is not None and size <= 1 << 16 and len(self._blobs) < 4096 and sha256_digest(data) == digest:
+            self._blobs[(repo, digest)] = bytes(data)  # read back soon (a lease, a claim): no need to ask
         return desc
 
     def _check_stored(self, repo: str, digest: str, size: int) -> None:
@@ -513,13 +530,17 @@ class Registry:
         return desc
 
 
-    def upload_blob_chunks(self, repo: str, chunks: Iterable[bytes], media_type: str = "application/octet-stream") -> Descriptor:
+    def upload_blob_chunks(self, repo: str, chunks: Iterable[Union[bytes, Pieces]],
+                           media_type: str = "application/octet-stream",
+                           digest_of: Optional[Callable[[], str]] = None) -> Descriptor:
         """Push a blob whose bytes are still being made (a layer while it is compressed): an upload
         session, one PATCH per chunk (with Content-Range and Content-Length, as the distribution
         spec's chunked upload asks), then the closing PUT with the sha256 computed on the way.
         The chunks are consumed once, so nothing is retried here: on any failure (RegistryError,
         VerificationError) the caller pushes the blob again from a copy with upload_blob, which
-        retries. The registry checks the digest on PUT, and the stored size is checked afterwards."""
+        retries. The registry checks the digest on PUT, and the stored size is checked afterwards.
+        digest_of: the blob's digest, asked once the chunks are exhausted, when the writer already
+        hashes what it writes (else it is computed here on the way)."""
         scope = f"repository:{repo}:pull,push"
         t = self.transport
         uploads = f"/v2/{repo}/blobs/uploads/"
@@ -536,16 +557,18 @@ class Registry:
         location = next_location(start)
         try:
             for chunk in chunks:
-                if not chunk:
+                if not len(chunk):
                     continue
-                h.update(chunk)
+                if digest_of is None:
+                    for part in (chunk.parts if isinstance(chunk, Pieces) else (chunk,)):
+                        h.update(part)
                 headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
                            "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
                 resp = t.check(t.send("PATCH", location, scope=scope, headers=headers, data=chunk), scope=scope,
                                allow=(202,), what=f"a chunk of an upload to {repo}")
                 offset += len(chunk)
                 location = next_location(resp)
-            digest = "sha256:" + h.hexdigest()
+            digest = digest_of() if digest_of is not None else "sha256:" + h.hexdigest()
             put = f"{location}{'&' if '?' in location else '?'}digest={digest}"
             resp = t.check(t.send("PUT", put, scope=scope, headers={"Content-Type": "application/octet-stream",
                                                                      "Content-Length": "0"}, data=b""),

@@ -24,7 +24,7 @@ from composer.kinds.pip import Lock
 from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
 from composer.oci import mutate
-from composer.oci.client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from composer.oci.client import DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Pieces
 from composer.settings import Settings
 
 DIFF = "sha256:" + "d" * 64
@@ -329,8 +329,8 @@ class MemoryRegistry:
         twin.fail_stream = getattr(self, "fail_stream", False)
         return twin
 
-    def upload_blob_chunks(self, repo, chunks, media_type="application/octet-stream"):
-        data = b"".join(chunks)
+    def upload_blob_chunks(self, repo, chunks, media_type="application/octet-stream", digest_of=None):
+        data = b"".join(b"".join(c) if isinstance(c, Pieces) else c for c in chunks)
         if self.fail_stream:
             raise RegistryError("the stream broke", "retry")
         self.blobs[(repo, _sha(data))] = data

@@ -54,7 +54,7 @@ from composer.model.records import RunRecord
 from composer.model.refs import ImageRef
 from composer.oci import connect, mutate
 from composer.progress import progress_bar
-from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Registry
+from composer.oci.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Descriptor, Pieces, Registry
 
 __all__ = ["DaemonlessBuilder", "HISTORY_COMMENT", "StreamedUpload", "base_manifest", "created_time", "encoding_for", "place_base_layers",
            "unsupported_reason"]
@@ -190,7 +190,9 @@ class StreamedUpload:
         self.chunk = chunk
         self.client = reg.clone()
         self.queue: "queue.Queue" = queue.Queue(maxsize=depth)
-        self.buf = bytearray()
+        self.digest = ""  # the layer's, given to finish() by the writer that hashed it
+        self.parts: List[bytes] = []  # the compressed pieces of the next chunk (the encoder's own bytes objects)
+        self.size = 0
         self.result: Optional[Descriptor] = None
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, args=(repo, media_type), name="composer-layer-upload", daemon=True)
@@ -207,7 +209,7 @@ class StreamedUpload:
 
     def _run(self, repo: str, media_type: str) -> None:
         try:
-            self.result = self.client.upload_blob_chunks(repo, self._chunks(), media_type)
+            self.result = self.client.upload_blob_chunks(repo, self._chunks(), media_type, digest_of=lambda: self.digest)
         except BaseException as exc:  # noqa: BLE001  # reported by finish(); the caller falls back
             self.error = exc
 
@@ -221,21 +223,24 @@ class StreamedUpload:
 
     def write(self, data) -> int:
         if self.thread.is_alive():
-            self.buf += data
-            if len(self.buf) >= self.chunk:
-                self._put(bytes(self.buf))
-                self.buf = bytearray()
+            self.parts.append(bytes(data))  # no copy for bytes, which the encoders write
+            self.size += len(data)
+            if self.size >= self.chunk:
+                self._put(Pieces(self.parts))
+                self.parts, self.size = [], 0
         return len(data)
 
     def flush(self) -> None:
         pass
 
-    def finish(self, complete: bool = True) -> Optional[Descriptor]:
-        """Wait for the upload; its descriptor, or None when it failed (see `error`). Not
-        complete (the layer could not be written): the upload is abandoned before its PUT."""
-        if self.buf and complete:
-            self._put(bytes(self.buf))
-        self.buf = bytearray()
+    def finish(self, digest: str = "", complete: bool = True) -> Optional[Descriptor]:
+        """Wait for the upload of the blob whose digest is digest; its descriptor, or None when
+        it failed (see `error`). Not complete (the layer could not be written): the upload is
+        abandoned before its PUT."""
+        self.digest = digest
+        if self.parts and complete:
+            self._put(Pieces(self.parts))
+        self.parts, self.size = [], 0
         self._put(None if complete else _ABORT)
         self.thread.join()
         return self.result if self.error is None else None
@@ -273,7 +278,7 @@ def _stream_layer(reg: Registry, repo: str, layer_type: str, entries, encoding: 
         except BaseException:
             stream.finish(complete=False)
             raise
-        stream.finish()
+        stream.finish(layer.digest)
     return layer, stream
 
 
