@@ -98,10 +98,20 @@ def build(
     it points at now, after checking it still holds exactly the upstream's distributions.
     """
     p = prepare(settings, upstream_run, extra, name, variables, run_id, base_update, upstream_step)
+    ahead: List[BuildJob] = []
+
+    def start() -> None:  # not in the registry: the builder begins while the name and lease are checked
+        from composer.builders import start_build
+
+        ahead.append(new_job(settings, p.name, p.comp, p.base, p.upstream))
+        start_build(ahead[0])
+
     return publish(
         settings, connect(settings), envs_repository(settings), name=p.name, spec=p.comp.spec_hash, update=update,
         run_id=run_id, provenance=p.provenance, upstream=p.upstream, comp=p.comp,
-        build_it=lambda: build_and_record(settings, p.name, p.comp, p.base, p.upstream, p.provenance),
+        build_it=lambda: build_and_record(settings, p.name, p.comp, p.base, p.upstream, p.provenance,
+                                          job=ahead[0] if ahead else None),
+        start=start,
     )
 
 
@@ -155,13 +165,14 @@ def compose(settings: Settings, kind: EnvironmentKind, upstream: RunRecord, requ
 
 
 def build_and_record(settings: Settings, name: str, comp: Composition, base: ImageRef, upstream: RunRecord,
-                     provenance: Provenance, image_version: str = __version__) -> Tuple[BuildRecord, Image]:
+                     provenance: Provenance, image_version: str = __version__,
+                     job: Optional[BuildJob] = None) -> Tuple[BuildRecord, Image]:
     """Build and push the image, then its record (what publish calls once it holds the lease).
     image_version: the composer version the image's label names (a rebuild from a record keeps
-    the record's, so the image is the same)."""
+    the record's, so the image is the same). job: the job made (and started) ahead, if any."""
     from composer.builders import build_image  # the builders only load when something is built
 
-    job = new_job(settings, name, comp, base, upstream, image_version)
+    job = job or new_job(settings, name, comp, base, upstream, image_version)
     digest, builder = build_image(job)
     record = BuildRecord(
         name=name,

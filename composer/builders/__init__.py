@@ -19,7 +19,7 @@ from composer.builders.base import Builder, BuildJob, CannotBuild
 from composer.errors import BuildError
 from composer.settings import Settings
 
-__all__ = ["Builder", "BuildJob", "CannotBuild", "build_image", "choose_builder"]
+__all__ = ["Builder", "BuildJob", "CannotBuild", "build_image", "choose_builder", "start_build"]
 
 
 def choose_builder(job: BuildJob) -> Tuple[Builder, Optional[str]]:
@@ -38,6 +38,17 @@ def choose_builder(job: BuildJob) -> Tuple[Builder, Optional[str]]:
             return daemonless.DaemonlessBuilder(), None
         refuse_daemonless(settings, reason)
     return buildkit.detect(settings), reason
+
+
+def start_build(job: BuildJob) -> None:
+    """Let the builder that would build job begin what it can before the lease is held (the
+    daemonless builder installs the packages). Never raises: the build itself meets, and
+    reports, whatever went wrong here."""
+    try:
+        builder, _ = choose_builder(job)
+        builder.start(job)
+    except Exception:  # noqa: BLE001  # the build itself reports it
+        job.started = None
 
 
 def refuse_daemonless(settings: Settings, reason: str, cause: Optional[BaseException] = None) -> None:

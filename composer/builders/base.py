@@ -35,6 +35,9 @@ class BuildJob:
     # Set by a builder that writes the layer's bytes itself (daemonless): how it compressed it
     # (tarball.LayerEncoding.to_json()), for the build record's `layer` section.
     layer: Optional[Dict[str, Any]] = None
+    # Work the builder began before the build held the lease (Builder.start): only what writes
+    # nothing anywhere but a temporary directory, so it can be thrown away.
+    started: Optional[Any] = None
 
     @property
     def target(self) -> ImageRef:
@@ -43,6 +46,10 @@ class BuildJob:
 
 class Builder:
     name = "?"
+
+    def start(self, job: BuildJob) -> None:
+        """Begin what needs neither the lease nor the registry (a builder may do nothing), while
+        the build waits for them; build() uses it or, when it went wrong, does it again."""
 
     def build(self, job: BuildJob) -> str:
         """Build job's image, push it to job.target, return the pushed manifest's digest."""

@@ -91,11 +91,15 @@ Found = Tuple[Descriptor, List[Tuple[BuildRecord, Descriptor]]]
 
 def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: str, update: bool, run_id: Optional[str],
             provenance: Provenance, upstream: RunRecord, comp: Composition,
-            build_it: Callable[[], Tuple[BuildRecord, Image]]) -> BuildResult:
+            build_it: Callable[[], Tuple[BuildRecord, Image]], start: Optional[Callable[[], None]] = None) -> BuildResult:
     """Find or build the composition, then publish it under name (see the module's docstring).
-    build_it builds and pushes the image and returns its (not yet published) record."""
+    build_it builds and pushes the image and returns its (not yet published) record; start, when
+    the registry does not have it, lets the builder begin what it can while the name and the
+    lease are checked (it writes nothing, so a build that never comes costs only time)."""
     keys = [name] + ([run_id] if run_id else [])
     found = cached_image(reg, repo, spec, name)
+    if found is None and start is not None:
+        start()
     exists = check_name_free(reg, repo, name, spec, update, found)
     if found is None:
         check_run_ids_free(settings, keys)  # before anything is written or built

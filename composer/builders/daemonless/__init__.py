@@ -301,9 +301,53 @@ def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, strea
                          "a staged file changed while the layer was written; rerun the build")
     return reg.upload_blob(repo, layer.digest, layer.size, path=path, media_type=layer_type), "resent"
 
+# -- the staging prefix ---------------------------------------------------------------------------
+class _Staging:
+    """A temporary directory holding the staging prefix uv installs into."""
+
+    def __init__(self):
+        self.dir = tempfile.TemporaryDirectory(prefix="composer-daemonless-")
+        self.root = Path(self.dir.name)
+        self.prefix = self.root / "prefix"
+
+    def remove_later(self) -> None:
+        # Unlinking thousands of files takes a tenth of a second: a thread does it while the
+        # build is published. Not a daemon thread, so it ends before the process does.
+        threading.Thread(target=self.dir.cleanup, name="composer-staging-cleanup").start()
+
+
+def _stage(settings, lock: Lock, upstream: RunRecord) -> _Staging:
+    staging = _Staging()
+    try:
+        install_extras(settings, lock, upstream, staging.prefix, staging.root / "extras.lock")
+    except BaseException:
+        staging.remove_later()
+        raise
+    return staging
+
+
+def _staged(started) -> Optional[_Staging]:
+    """What DaemonlessBuilder.start installed; None when it did not (the build installs again and
+    reports what went wrong)."""
+    if started is None:
+        return None
+    try:
+        return started.result()
+    except Exception:  # noqa: BLE001  # installed again by the caller, which reports the error
+        return None
+
+
 # -- the whole job ------------------------------------------------------------------------------
 class DaemonlessBuilder(Builder):
     name = "daemonless"
+
+    def start(self, job: BuildJob) -> None:
+        """Install the packages into a staging prefix in another thread while the build waits for
+        the lease: it writes nothing but its own temporary directory."""
+        if unsupported_reason(job) is None:
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="composer-stage")
+            job.started = pool.submit(_stage, job.settings, job.lock, job.upstream)
+            pool.shutdown(wait=False)
 
     def build(self, job: BuildJob) -> str:
         """Compose and push to job.target; return the image manifest digest (sha256:...).
@@ -328,11 +372,12 @@ class DaemonlessBuilder(Builder):
         encoding = encoding_for(settings, compression)
         verbose = settings.progress == "plain" or (settings.progress == "auto" and sys.stderr.isatty())
 
-        with tempfile.TemporaryDirectory(prefix="composer-daemonless-") as tmp:
-            prefix = Path(tmp, "prefix")
-            with progress_bar(settings, f"installing {len(lock.added)} package(s) with uv", total=1, unit_bytes=False) as done:
-                install_extras(settings, lock, upstream, prefix, Path(tmp, "extras.lock"))
-                done(1)
+        started, job.started = job.started, None
+        with progress_bar(settings, f"installing {len(lock.added)} package(s) with uv", total=1, unit_bytes=False) as done:
+            staging = _staged(started) or _stage(settings, lock, upstream)
+            done(1)
+        try:
+            prefix = staging.prefix
             # The base layers go into place (HEAD / mount) while the layer is being written.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 placing = pool.submit(place_base_layers, reg, repo, base_reg, base, manifest["layers"])
@@ -341,7 +386,9 @@ class DaemonlessBuilder(Builder):
                 layer, stream = _stream_layer(reg, repo, layer_type, entries, encoding, settings)
                 counts = placing.result()
             # reg is this thread's again (placing is done): resend the layer if the stream failed.
-            layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, entries, Path(tmp), verbose)
+            layer_desc, how = _layer_pushed(reg, repo, layer_type, layer, stream, entries, staging.root, verbose)
+        finally:
+            staging.remove_later()
         job.layer = encoding.to_json()
 
         added = " ".join(f"{p['name']}=={p['version']}" for p in lock.added)
