@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zlib
 from pathlib import Path
 
@@ -473,8 +474,8 @@ def test_build_gives_the_same_image_as_before(monkeypatch, case, media_type, ind
 
 
 def test_a_failed_stream_is_resent_in_one_piece(monkeypatch):
-    """The layer is streamed while it is written; when that upload fails, the builder pushes the
-    copy it kept with upload_blob (retried), and the image is the same."""
+    """The layer is streamed while it is written; when that upload fails, the builder writes the
+    layer again (the same bytes) and pushes it with upload_blob (retried): the image is the same."""
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     reg = MemoryRegistry("127.0.0.1:5000")
     reg.fail_stream = True
@@ -487,6 +488,50 @@ def test_a_failed_stream_is_resent_in_one_piece(monkeypatch):
     assert dl.DaemonlessBuilder().build(job) == "sha256:b05c2e51e3687a99facccaa256d9172697e6147912e7ed9312f6a1ec61f791ee"
     assert [kind for kind, _, _ in reg.pushed] == ["blob", "blob", "manifest"]
     assert ("resent", "ml/envs", _sha(reg.pushed[0][2])) in reg.transfers
+
+
+def _started_job(reg, digest):
+    record = json.loads(json.dumps(RUN_RECORD))
+    record["image"]["digest"] = digest
+    return _job(RunRecord.from_json(record), lock=Lock(requirements=["six", "pkg"], packages=ADDED, added=ADDED), registry=reg,
+                base=ImageRef(reg.host, "models/a", "v1", digest), labels=LABELS, env={"COMPOSER_SPEC_HASH": SPEC})
+
+
+def test_a_build_started_ahead_installs_once_and_gives_the_same_image(monkeypatch):
+    """start() installs while the lease is awaited; build() then uses that staging prefix (one
+    install), the image is the one an unstarted build gives, and no staging directory is left."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    installs = []
+    monkeypatch.setattr(dl, "install_extras", lambda *a: installs.append(a[3]) or _fake_install(*a))
+    reg = MemoryRegistry("127.0.0.1:5000")
+    digest = _seed_base(reg, DOCKER_MANIFEST)
+    plain = dl.DaemonlessBuilder().build(_started_job(reg, digest))
+    installs.clear()
+    job = _started_job(reg, digest)
+    dl.DaemonlessBuilder().start(job)
+    assert job.started is not None
+    assert dl.DaemonlessBuilder().build(job) == plain
+    assert len(installs) == 1 and job.started is None
+    for t in threading.enumerate():  # the staging directory goes in a thread of its own
+        if t.name == "composer-staging-cleanup":
+            t.join()
+    assert not installs[0].parent.exists()
+
+
+def test_a_failed_install_ahead_is_done_again_and_its_error_reported(monkeypatch):
+    calls = []
+
+    def failing(*a):
+        calls.append(a[3])
+        raise BuildError("uv could not install the extras for the new layer: boom", "check the package index")
+
+    monkeypatch.setattr(dl, "install_extras", failing)
+    reg = MemoryRegistry("127.0.0.1:5000")
+    job = _started_job(reg, _seed_base(reg, DOCKER_MANIFEST))
+    dl.DaemonlessBuilder().start(job)
+    with pytest.raises(BuildError, match="boom"):
+        dl.DaemonlessBuilder().build(job)
+    assert len(calls) == 2  # ahead, then again in the build, whose error is the one reported
 
 
 def test_build_with_zstd_when_available(monkeypatch):

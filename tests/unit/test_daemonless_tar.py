@@ -16,7 +16,7 @@ from composer.builders.base import CannotBuild
 from composer.builders.daemonless import layout, tarball
 from composer.builders.daemonless.layout import Entry, Layout, stage_entries
 from composer.builders.daemonless.tarball import write_layer
-from composer.errors import UsageError
+from composer.errors import BuildError, UsageError
 from composer.model.records import Image, Platform, Python, RunRecord
 
 VENV = Layout(executable="/opt/venv/bin/python3", site_packages="/opt/venv/lib/python3.11/site-packages", base="/opt/venv")
@@ -281,3 +281,85 @@ def test_parallel_gzip_same_bytes_whatever_the_workers(size):
     assert outs[0] == outs[1] == outs[2]
     assert gzip.decompress(outs[0]) == data
     assert outs[0][:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+# -- the tar writer writes tarfile's bytes, faster ------------------------------------------------
+def _tarfile_reference(entries, epoch: int) -> bytes:
+    """The layer's tar as tarfile's own stream writer (PAX) makes it: what the layer writer did
+    before it wrote the headers and the files itself, and must still give, byte for byte."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8") as tar:
+        for e in sorted(entries, key=lambda e: e.path):
+            info = tarfile.TarInfo(e.path)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "", ""
+            if e.kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif e.kind == "symlink":
+                info.type, info.mode, info.linkname = tarfile.SYMTYPE, 0o777, e.linkname
+                tar.addfile(info)
+            else:
+                data = e.data if e.data is not None else Path(e.source).read_bytes()
+                info.type, info.mode, info.size = tarfile.REGTYPE, 0o755 if e.mode & 0o111 else 0o644, len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_the_tar_is_what_tarfile_writes(tmp_path):
+    big = tmp_path / "big.so"
+    big.write_bytes(bytes(range(256)) * 9000 + b"tail")  # spans several encoder blocks, not a multiple of 512
+    (tmp_path / "empty").write_bytes(b"")
+    long_dir = "opt/venv/lib/python3.11/site-packages/" + "d" * 70
+    entries = _entries() + [
+        Entry("opt/venv/lib/python3.11/site-packages/big.so", "file", 0o755, source=str(big)),
+        Entry("opt/venv/lib/python3.11/site-packages/empty", "file", 0o644, source=str(tmp_path / "empty")),
+        Entry(long_dir, "dir", 0o755),  # with its slash, over 100 characters: a PAX header
+        Entry(long_dir + "/m.py", "file", 0o644, data=b"x"),
+        Entry("opt/venv/lib/python3.11/site-packages/ünïcode/çà.py", "file", 0o644, data=b"u"),
+        Entry("opt/venv/lib/python3.11/site-packages/ünïcode", "dir", 0o755),
+        Entry("opt/venv/bin/far", "symlink", 0o777, linkname="../" * 40 + "target"),  # a long link
+        Entry("opt/venv/bin/é", "symlink", 0o777, linkname="cible-é"),
+        Entry("x" * 99, "dir", 0o755),  # 100 with its slash: still fits
+        Entry("y" * 100, "file", 0o644, data=b"y"),
+        Entry("z" * 101, "file", 0o644, data=b"z"),
+    ]
+    for encoding in (tarball.layer_encoding("gzip"), tarball.layer_encoding("gzip", "zlib", 1)):
+        out = io.BytesIO()
+        layer = write_layer(entries, out, epoch=1_700_000_000, encoding=encoding, workers=2)
+        raw = gzip.decompress(out.getvalue())
+        assert raw == _tarfile_reference(entries, 1_700_000_000)
+        assert layer.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest() and layer.tar_size == len(raw)
+
+
+@pytest.mark.parametrize("path,kind,size,mtime,link", [
+    ("a", "file", 0, 0, ""), ("p/" + "n" * 97, "file", 5, 315532800, ""), ("d" * 99, "dir", 0, 1, ""),
+    ("d" * 100, "dir", 0, 1, ""), ("s", "symlink", 0, 7, "t" * 100), ("s", "symlink", 0, 7, "t" * 101),
+    ("big", "file", 8 ** 11 - 1, 8 ** 11 - 1, ""), ("huge", "file", 8 ** 11, 0, ""), ("né", "file", 1, 0, ""),
+    ("n", "symlink", 0, 0, "é"), ("x" * 101, "file", 1, 0, ""),
+])
+def test_the_fast_header_is_tarfiles_or_none(path, kind, size, mtime, link):
+    mode = {"file": 0o644, "dir": 0o755, "symlink": 0o777}[kind]
+    info = tarfile.TarInfo(path)
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[kind]
+    info.mode, info.size, info.mtime, info.linkname = mode, size, mtime, link
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    reference = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    fast = tarball.ustar_header(path, kind, mode, size, mtime, link)
+    assert fast is None or fast == reference
+    assert (fast is None) == (len(reference) > tarfile.BLOCKSIZE)  # None exactly when tarfile needs a PAX header
+
+
+def test_a_file_that_shrinks_while_it_is_written_is_an_error(tmp_path, monkeypatch):
+    src = tmp_path / "f"
+    src.write_bytes(b"data" * 1000)
+    real_fstat = os.fstat
+
+    def stale_fstat(fd):  # the size the file had a moment ago: more than can be read now
+        st = real_fstat(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size + 10,
+                               st.st_atime, st.st_mtime, st.st_ctime))
+
+    monkeypatch.setattr(os, "fstat", stale_fstat)
+    with pytest.raises(BuildError, match="shrank while the layer was written"):
+        write_layer([Entry("opt/f", "file", 0o644, source=str(src))], io.BytesIO())

@@ -339,3 +339,16 @@ def test_keep_alive_faults_and_log(fake_registry):
             s.get(url)
         assert s.get(url).status_code == 200
     assert fake_registry.requests == [("GET", "/v2/")] * 10
+
+
+def test_client_remembers_content_by_digest_until_it_deletes_it(fake_registry, client):
+    body = push_image(fake_registry, "envs", "v1")
+    d = digest(body)
+    assert client.get_manifest("envs", d)[0] == body
+    fake_registry.requests.clear()
+    assert client.get_manifest("envs", d)[0] == body  # content-addressed: the same bytes, not asked again
+    assert fake_registry.requests == []
+    client.delete_manifest("envs", d)
+    assert client.get_manifest("envs", d) is None  # forgotten with the delete: the registry is asked
+    assert [m for m, _ in fake_registry.requests] == ["DELETE", "GET"]
+    assert client.head_manifest("envs", "v1") is None  # tags are never remembered

@@ -3,6 +3,7 @@ closed), names and their own provenance (issue 16), --update, and run ids that a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,10 +13,13 @@ from composer.errors import RegistryError, UsageError, VerificationError
 from composer.history import read_history
 from composer.model.records import BUILD_RECORD_TYPE
 from composer.model.refs import referrers_tag, run_tag
+from composer.oci import connect
 from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST
-from composer.publish import cached_image, claim_tag, spec_tag, unique_tag
+from composer.publish import cached_image, claim_tag, publish, spec_tag, unique_tag
 from composer.publish.lease import lease_tag
 from composer.store import build_records_of, load_run_record, name_key, read_run_record, record_tag, spec_key
+
+from tests.unit.conftest import UPSTREAM_RUN
 
 NAME = "explainer"
 
@@ -315,3 +319,32 @@ def test_a_build_that_finds_the_name_taken_meanwhile_fails(lab):
     with pytest.raises(UsageError, match="already points to a different composition"):
         lab.publish(NAME, packages=(("six", "1.16.0"),))
     assert [v.number for v in read_history(lab.reg, lab.envs, NAME)] == [1]
+
+
+def test_a_cache_hit_asks_the_registry_only_what_it_must(lab):
+    """Each round trip of a cache hit, as a new process makes it (a fresh client), and why."""
+    lab.publish(NAME)
+    upstream, provenance = lab.provenance(UPSTREAM_RUN)
+    comp = lab.composition(upstream)
+    fresh = dataclasses.replace(lab.settings, clients={})
+    since = len(lab.fake.requests)
+    publish(fresh, connect(fresh), lab.envs, name=NAME, spec=comp.spec_hash, update=False, run_id=None,
+            provenance=provenance, upstream=upstream, comp=comp, build_it=lambda: pytest.fail("a hit builds nothing"))
+    asked = [(method, target.split("/v2/", 1)[1].split("?")[0]) for method, target in lab.fake.requests[since:]]
+    spec_hex = comp.spec_hash.split(":")[1]
+    expected = [
+        ("HEAD", f"{lab.envs}/manifests/spec-{spec_hex}"),  # is this content built?
+        ("GET", None),  # the referrers API: none here (2.8), so ...
+        ("GET", None),  # ... the referrers tag: the records of the image
+        ("GET", None),  # the record itself (by digest)
+        ("GET", None),  # its content (a blob): checked against the spec and the image
+        ("GET", None),  # the name's own record tag (the index may have lost it to a concurrent writer)
+        ("GET", None),  # the spec's own record tag (likewise)
+        ("HEAD", f"{lab.envs}/manifests/{NAME}"),  # does the name point here already?
+        ("GET", f"{lab.envs}/manifests/hist-{NAME}"),  # is this the name's newest version?
+        ("HEAD", None),  # the unique tag ...
+        ("HEAD", f"{lab.envs}/manifests/{NAME}"),  # ... and the name: both in place, nothing written
+    ]
+    assert [m for m, _ in asked] == [m for m, _ in expected], asked
+    assert all(t is None or t == got for (_, t), (_, got) in zip(expected, asked)), asked
+    assert not any(m in ("PUT", "POST", "PATCH", "DELETE") for m, _ in asked)
