@@ -404,9 +404,11 @@ class Registry:
             self._blobs[(repo, digest)] = body
         return body
 
-    def push_blob(self, repo: str, data: bytes, media_type: str) -> Descriptor:
-        """Push bytes as a blob unless repo has it (see upload_blob)."""
-        return self.upload_blob(repo, sha256_digest(data), len(data), data=data, media_type=media_type)
+    def push_blob(self, repo: str, data: bytes, media_type: str, probe: bool = True) -> Descriptor:
+        """Push bytes as a blob unless repo has it (see upload_blob). probe=False: upload without
+        asking first, for a document that is new almost every time (a record, a lease: they carry
+        a time or an owner), where the question would cost a round trip and save nothing."""
+        return self.upload_blob(repo, sha256_digest(data), len(data), data=data, media_type=media_type, probe=probe)
 
     def blob_size(self, repo: str, digest: str) -> Optional[int]:
         """The size of a blob repo holds (HEAD, nothing downloaded), or None on a 404."""
@@ -443,13 +445,14 @@ class Registry:
         return False
 
     def upload_blob(self, repo: str, digest: str, size: int, *, path=None, data: Optional[bytes] = None,
-                    media_type: str = "application/octet-stream") -> Descriptor:
+                    media_type: str = "application/octet-stream", probe: bool = True) -> Descriptor:
         """Push a blob from a file (streamed, never read into memory) or bytes, unless repo has it.
         Monolithic POST + PUT, retried as a whole: an upload session does not survive a failed PUT.
         The registry checks the digest on PUT, and the stored size is checked afterwards."""
         desc = Descriptor(media_type, digest, size)
         have = self._have.get((repo, digest))
-        have = self.blob_size(repo, digest) if have is None else have
+        if have is None and probe:
+            have = self.blob_size(repo, digest)
         if have is not None:
             if have != size:
                 raise VerificationError(f"registry {self.host} holds {repo}@{digest} with {have} bytes, expected {size}", "the registry is inconsistent")
