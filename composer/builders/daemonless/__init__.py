@@ -303,12 +303,14 @@ def _layer_pushed(reg: Registry, repo: str, layer_type: str, layer: Layer, strea
 
 # -- the staging prefix ---------------------------------------------------------------------------
 class _Staging:
-    """A temporary directory holding the staging prefix uv installs into."""
+    """A temporary directory holding the staging prefix uv installs into, and the layer's entries
+    once the prefix is mapped onto the image's layout."""
 
     def __init__(self):
         self.dir = tempfile.TemporaryDirectory(prefix="composer-daemonless-")
         self.root = Path(self.dir.name)
         self.prefix = self.root / "prefix"
+        self.entries: List = []
 
     def remove_later(self) -> None:
         # Unlinking thousands of files takes a tenth of a second: a thread does it while the
@@ -317,9 +319,13 @@ class _Staging:
 
 
 def _stage(settings, lock: Lock, upstream: RunRecord) -> _Staging:
+    """Install, point the scripts at the image's python, and list the layer's entries."""
     staging = _Staging()
     try:
         install_extras(settings, lock, upstream, staging.prefix, staging.root / "extras.lock")
+        layout = layout_for(upstream)
+        fix_scripts(staging.prefix, find_site_packages(staging.prefix), layout.executable)
+        staging.entries = stage_entries(staging.prefix, layout)
     except BaseException:
         staging.remove_later()
         raise
@@ -359,7 +365,6 @@ class DaemonlessBuilder(Builder):
             raise CannotBuild(self.name, reason)
         settings, reg, repo, base, upstream = job.settings, job.registry, job.repository, job.base, job.upstream
         lock: Lock = job.lock  # type: ignore[assignment]  # BuildJob.lock is the pip kind's Lock
-        layout = layout_for(upstream)
         base_reg = reg if base.registry == reg.host else connect(settings, base.registry)
         manifest, media_type = base_manifest(base_reg, base, upstream)
         base_config = json.loads(base_reg.get_blob(base.repository, manifest["config"]["digest"]))
@@ -377,12 +382,10 @@ class DaemonlessBuilder(Builder):
             staging = _staged(started) or _stage(settings, lock, upstream)
             done(1)
         try:
-            prefix = staging.prefix
+            entries = staging.entries
             # The base layers go into place (HEAD / mount) while the layer is being written.
             with ThreadPoolExecutor(max_workers=1) as pool:
                 placing = pool.submit(place_base_layers, reg, repo, base_reg, base, manifest["layers"])
-                fix_scripts(prefix, find_site_packages(prefix), layout.executable)
-                entries = stage_entries(prefix, layout)
                 layer, stream = _stream_layer(reg, repo, layer_type, entries, encoding, settings)
                 counts = placing.result()
             # reg is this thread's again (placing is done): resend the layer if the stream failed.
