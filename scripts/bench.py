@@ -15,6 +15,9 @@ Rows (each a real build and push, never a cache hit, except the one named so):
               of it, the fastest of several compressors measured on those same tar bytes
               (isal levels 0-3, zlib level 1, zstd levels 1 and 3, all cores), and one blob
               POST/PUT of that output: the least any approach must do.
+  dry runs    (before the daemonless row) `composer build --dry-run`, the whole CLI, with an empty
+              state directory (uv makes the lock; uv's own cache is warm) and with composer's lock
+              cache: the difference is the warm lock time.
   readiness   (after the daemonless row) `docker pull` of the composed image on the engine,
               which already holds the base (the round's upstream was built there), then
               `docker run IMAGE python -c "import pandas, sklearn"`; against its own floor:
@@ -229,9 +232,9 @@ def sh(cmd: List[str], *, env: Optional[dict] = None, cwd=None, input_text: Opti
     return proc
 
 
-def composer(*args: str, registry: str) -> dict:
+def composer(*args: str, registry: str, env: Optional[dict] = None) -> dict:
     out = sh([sys.executable, "-m", "composer", *args, "--json"],
-             env={"COMPOSER_REGISTRY": registry, "COMPOSER_PROGRESS": "quiet"}, cwd=str(ROOT))
+             env={"COMPOSER_REGISTRY": registry, "COMPOSER_PROGRESS": "quiet", **(env or {})}, cwd=str(ROOT))
     return json.loads(out.stdout)
 
 
@@ -324,6 +327,21 @@ class Round:
                        "--builder", "daemonless", "--name", "bench", registry=self.prefix_dl)
         assert out["cached"] is False and out["builder"] == "daemonless", out
         return {"repo": f"{self.ns}-dl/envs", "ref": out["digest"], "digest": out["digest"]}
+
+    def plans(self) -> dict:
+        """`build --dry-run` (the whole CLI: read, lock, hash, ask the registry) with an empty state
+        directory, so uv makes the lock (its own cache is warm), then with composer's lock cache:
+        the difference is what a warm lock costs a build."""
+        args = ("build", "--upstream-run", RUN_ID, "--extra", str(self.bench.extras[self.size]), "--builder", "daemonless",
+                "--name", "bench", "--dry-run")
+        out = {}
+        for key, env in (("fresh_state_s", {"COMPOSER_STATE_DIR": tempfile.mkdtemp(dir=self.bench.tmp)}), ("lock_cached_s", None)):
+            t0 = time.perf_counter()
+            plan = composer(*args, registry=self.prefix_dl, env=env)
+            out[key] = round(time.perf_counter() - t0, 3)
+            assert plan["cached"] is False, plan
+        out["lock_s"] = round(out["fresh_state_s"] - out["lock_cached_s"], 3)
+        return out
 
     def floor(self) -> dict:
         """The physical floor, stage by stage (see the module docstring). Only the stages count
@@ -525,6 +543,7 @@ class Bench:
         counted.cleanup()
         rows: Dict[str, List[dict]] = {r: [] for r in ROWS}
         ready: List[dict] = []
+        plans: List[dict] = []
         for i in range(runs):
             round_ = Round(self, size)
             self.current = round_
@@ -532,6 +551,10 @@ class Bench:
                 log(f"{size}: run {i + 1}/{runs}: {row}")
                 rows[row].append(self.measure(round_, row))
                 log(f"{size}: run {i + 1}/{runs}: {row}: {rows[row][-1]['wall_s']:.2f} s")
+                if row == "cache-hit":  # before the daemonless row: its dry runs must find nothing built
+                    plans.append(round_.plans())
+                    log(f"{size}: run {i + 1}/{runs}: dry run {plans[-1]['fresh_state_s']:.2f} s with uv locking, "
+                        f"{plans[-1]['lock_cached_s']:.2f} s with the lock cached")
                 if row == "daemonless":
                     dl = rows[row][-1]
                     ready.append(round_.readiness(f"{self.registry}/{round_.ns}-dl/envs@{dl['digest']}", dl["new_layers"][-1]))
@@ -555,11 +578,12 @@ class Bench:
         readiness = {k: round(statistics.median(r[k] for r in ready), 3)
                      for k in ("wall_s", "pull_s", "first_imports_s", "floor_s", "layer_get_unpack_s", "imports_s")}
         readiness["x_floor"] = round(readiness["wall_s"] / readiness["floor_s"], 3) if readiness["floor_s"] else None
+        lock = {k: round(statistics.median(p[k] for p in plans), 3) for k in ("fresh_state_s", "lock_cached_s", "lock_s")}
         floor_stages = {k: round(statistics.median(r["stages"][k] for r in rows["floor"]), 3)
                         for k in ("uv", "tar", "compress", "upload")}
         fastest = sorted({r["fastest"] for r in rows["floor"]})
         return {"extras": SIZES[size], "locked": self.locked, "runs": rows, "bytes_round": bytes_rows, "median": summary,
-                "readiness_runs": ready, "readiness": readiness, "floor_stages": floor_stages, "floor_fastest": fastest,
+                "readiness_runs": ready, "readiness": readiness, "dry_runs": plans, "lock": lock, "floor_stages": floor_stages, "floor_fastest": fastest,
                 "floor_compressors": rows["floor"][-1]["compressors"],
                 "daemonless_same_layer_every_run": len(daemonless_layers) == 1, "new_layers_every_run": fresh}
 
@@ -599,6 +623,9 @@ def table(results: dict, runs: int) -> str:
                      f"({', '.join(res['floor_fastest'])}) + upload {st['upload']:.2f}")
         lines.append("compressors on the floor's tar (last run, s / MB): " + ", ".join(
             f"{k} {v[0]:.2f}/{v[1] / 1e6:.1f}" for k, v in res["floor_compressors"].items()))
+        lk = res["lock"]
+        lines.append(f"build --dry-run: {lk['fresh_state_s']:.2f} s when uv makes the lock (warm uv cache), "
+                     f"{lk['lock_cached_s']:.2f} s with composer's lock cache: a warm lock costs {lk['lock_s']:.2f} s")
         r = res["readiness"]
         lines.append(f"readiness ({IMPORTS[size]}): pull {r['pull_s']:.2f} + run {r['first_imports_s']:.2f} = {r['wall_s']:.2f} s; "
                      f"floor: new layer GET+unpack {r['layer_get_unpack_s']:.2f} + run {r['imports_s']:.2f} = {r['floor_s']:.2f} s; "
