@@ -41,12 +41,15 @@ def choose_builder(job: BuildJob) -> Tuple[Builder, Optional[str]]:
 
 
 def start_build(job: BuildJob) -> None:
-    """Let the builder that would build job begin what it can before the lease is held (the
-    daemonless builder installs the packages). Never raises: the build itself meets, and
-    reports, whatever went wrong here."""
+    """Let the daemonless builder, when choose_builder would pick it, begin what it can before the
+    lease is held (it installs the packages). BuildKit builders begin nothing: detecting one
+    runs commands, which choose_builder does once, when the build runs. Never raises: the build
+    itself meets, and reports, whatever went wrong here."""
+    from composer.builders import daemonless
+
     try:
-        builder, _ = choose_builder(job)
-        builder.start(job)
+        if job.settings.builder in ("auto", "daemonless") and daemonless.unsupported_reason(job) is None:
+            daemonless.DaemonlessBuilder().start(job)
     except Exception:  # noqa: BLE001  # the build itself reports it
         job.started = None
 
