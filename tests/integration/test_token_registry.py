@@ -74,10 +74,10 @@ def test_daemonless_compose_cache_ref_pull_gc_and_skopeo_through_expiring_tokens
     # The build itself (the real daemonless builder) starts only after every token composer got
     # so far has expired, and takes longer than a token lives: the lease is renewed meanwhile.
     import composer
-    import composer.pipeline
+    import composer.builders
     from composer.settings import load_settings
 
-    real_build_image = composer.pipeline.build_image
+    real_build_image = composer.builders.build_image
 
     def slow_build_image(job):
         time.sleep(2 * TTL)
@@ -86,7 +86,7 @@ def test_daemonless_compose_cache_ref_pull_gc_and_skopeo_through_expiring_tokens
     mp = pytest.MonkeyPatch()
     for key, value in env.items():
         mp.setenv(key, value)
-    mp.setattr(composer.pipeline, "build_image", slow_build_image)
+    mp.setattr(composer.builders, "build_image", slow_build_image)  # pipeline imports it when it builds
     first = len(tokens.log)
     try:
         settings = load_settings()
