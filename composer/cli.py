@@ -428,10 +428,11 @@ complete -F _composer composer
 
 
 def _verbose() -> None:
-    """-v: each registry request on stderr, as urllib3 logs it (method, path, status)."""
+    """-v: each registry request on stderr (origin, method, path, status, length), as
+    composer.oci.http logs them."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("composer: request: %(message)s"))
-    log = logging.getLogger("urllib3.connectionpool")
+    log = logging.getLogger("composer.http")
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from urllib.parse import urljoin
 
-import requests
-
 from composer.errors import NotFoundError, RegistryError, VerificationError
 from composer.model.canonical import canonical_json, sha256_digest
 from composer.model.refs import DIGEST_RE, is_loopback, referrers_tag, registry_endpoint
+from composer.oci.http import Response, Session
 from composer.oci.transport import (MAX_DOCUMENT, RetryPolicy, Transient, Transport, error_code, error_detail,
                                     parse_json_object)
 
@@ -110,7 +109,7 @@ class Pieces:
 
 class _StreamBody:
     """A request body read from a file (or bytes) in chunks; every iteration starts over, so a
-    retried request sends the whole blob again. Has a length, so requests sends Content-Length
+    retried request sends the whole blob again. Has a length, so it is sent with Content-Length
     rather than chunked encoding."""
 
     def __init__(self, path=None, data: Optional[bytes] = None, size: int = 0, chunk: int = 1 << 20):
@@ -175,7 +174,7 @@ class Registry:
 
     def clone(self) -> "Registry":
         """Another client for the same host, settings and credentials, with a session of its own
-        (for another thread: requests sessions are not shared across threads)."""
+        (for another thread: sessions are not shared across threads)."""
         twin = type(self).__new__(type(self))
         twin._start(self.transport.clone())
         return twin
@@ -190,11 +189,11 @@ class Registry:
     timeout = _via_transport("timeout", "(connect, read) seconds")
 
     @property
-    def session(self) -> requests.Session:
+    def session(self) -> Session:
         return self.transport.session
 
     def _request(self, method: str, path: str, *, scope: str, headers=None, data=None,
-                 allow: Tuple[int, ...] = (200,)) -> requests.Response:
+                 allow: Tuple[int, ...] = (200,)) -> Response:
         return self.transport.request(method, path, scope=scope, headers=headers, data=data, allow=allow)
 
     def note_transfer(self, action: str, repo: str, digest: str, size: int) -> None:
@@ -258,7 +257,7 @@ class Registry:
         scope = f"repository:{repo}:pull,push"
         path = f"/v2/{repo}/manifests/{ref}"
 
-        def attempt() -> requests.Response:
+        def attempt() -> Response:
             resp = self.transport.send("PUT", path, scope=scope, headers={"Content-Type": media_type}, data=body)
             if resp.status_code == 400:
                 refused = RegistryError(f"registry {self.host} refused manifest {repo}:{ref}{error_detail(resp)}",
@@ -551,7 +550,7 @@ class Registry:
                                            what=f"POST {uploads}"), "upload")
         h, offset = hashlib.sha256(), 0
 
-        def next_location(resp: requests.Response) -> str:
+        def next_location(resp: Response) -> str:
             location = resp.headers.get("Location", "")
             if not location:
                 raise RegistryError(f"registry {self.host} gave no upload location for {repo}", "the registry is misbehaving")
@@ -587,7 +586,7 @@ class Registry:
         self.note_transfer("uploaded", repo, digest, offset)
         return Descriptor(media_type, digest, offset)
 
-def _json(resp: requests.Response, what: str) -> dict:
+def _json(resp: Response, what: str) -> dict:
     try:
         doc = resp.json()
     except ValueError as exc:

@@ -45,10 +45,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-import requests
-
 from composer.errors import ComposerError, RegistryError, VerificationError
 from composer.model.refs import credential_key, is_loopback
+from composer.oci.http import ConnectionFailed, HTTPError, Response, Session, TimedOut, TLSError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -102,7 +101,7 @@ class Transient(Exception):
         self.retry_after = retry_after
 
 
-def retry_after(resp: requests.Response) -> Optional[float]:
+def retry_after(resp: Response) -> Optional[float]:
     """The Retry-After header in seconds (delta-seconds or an HTTP date), or None."""
     value = (resp.headers.get("Retry-After") or "").strip()
     if not value:
@@ -234,12 +233,12 @@ class _Auth:
 
 
 # -- errors --------------------------------------------------------------------------------
-def _error_body(resp: requests.Response) -> Optional[dict]:
+def _error_body(resp: Response) -> Optional[dict]:
     if not resp.headers.get("Content-Type", "").startswith("application/json"):
         return None
     try:  # at most 64 KiB of it, streamed or not
         raw = next(resp.iter_content(64 << 10), b"")
-    except (requests.exceptions.RequestException, RuntimeError, OSError):
+    except (HTTPError, RuntimeError, OSError):
         return None  # the body only decorates an error already decided
     try:
         doc = json.loads(raw)
@@ -248,7 +247,7 @@ def _error_body(resp: requests.Response) -> Optional[dict]:
     return doc if isinstance(doc, dict) else None
 
 
-def _first_error(resp: requests.Response) -> Optional[dict]:
+def _first_error(resp: Response) -> Optional[dict]:
     cached = getattr(resp, "composer_error", False)
     if cached is not False:
         return cached
@@ -259,13 +258,13 @@ def _first_error(resp: requests.Response) -> Optional[dict]:
     return first
 
 
-def error_code(resp: requests.Response) -> str:
+def error_code(resp: Response) -> str:
     """The first error code of a distribution API error body, or ""."""
     first = _first_error(resp)
     return str(first.get("code", "")) if first else ""
 
 
-def error_detail(resp: requests.Response) -> str:
+def error_detail(resp: Response) -> str:
     """' (CODE: message)' from a distribution API error body, or ""."""
     first = _first_error(resp)
     return f" ({first.get('code', '')}: {first.get('message', '')})" if first else ""
@@ -300,7 +299,7 @@ def safe_for_credentials(url: str) -> bool:
     return scheme == "https" or (scheme == "http" and is_loopback(host))
 
 
-def read_capped(resp: requests.Response, limit: int, what: str) -> bytes:
+def read_capped(resp: Response, limit: int, what: str) -> bytes:
     """The body of a streamed response, refused (VerificationError) once it passes limit bytes."""
     declared = resp.headers.get("Content-Length", "")
     too_big = VerificationError(f"{what} is larger than {limit >> 20} MiB",
@@ -327,7 +326,7 @@ def parse_json_object(body: bytes, what: str) -> dict:
 
 
 class Transport:
-    """HTTP to one registry host. Not thread-safe (requests sessions are not): `clone` gives
+    """HTTP to one registry host. Not thread-safe (its Session is not): `clone` gives
     another thread a transport of its own with the same settings and credentials.
 
     `host` is the registry's name (docker.io for Docker Hub), `base` the scheme://endpoint
@@ -345,7 +344,7 @@ class Transport:
         self.verify: object = verify or True
         self.retry = retry
         self.timeout = timeout
-        self.session = requests.Session()
+        self.session = Session()
         self._auth = _Auth()
 
     @property
@@ -404,18 +403,17 @@ class Transport:
     # -- one exchange ------------------------------------------------------------------------
     @contextmanager
     def _network(self, what: str) -> Iterator[None]:
-        """Map the requests exceptions raised in the block: TLS is fatal, resets and timeouts are Transient."""
+        """Map the HTTP layer's exceptions raised in the block: TLS is fatal, resets and timeouts are Transient."""
         try:
             yield
-        except requests.exceptions.SSLError as exc:
+        except TLSError as exc:
             raise RegistryError(
                 f"TLS verification failed for registry {self.host} ({type(exc).__name__})",
                 "set COMPOSER_CA_BUNDLE to the CA that signed it, or list the host in insecure_registries",
             ) from exc
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                requests.exceptions.ChunkedEncodingError) as exc:
+        except (ConnectionFailed, TimedOut) as exc:
             raise Transient(f"{_short_reason(exc)} ({what})") from exc
-        except requests.exceptions.RequestException as exc:
+        except HTTPError as exc:
             raise RegistryError(f"request to registry {self.host} failed: {what} ({type(exc).__name__})",
                                 "check the registry address and the reference") from exc
 
@@ -423,7 +421,7 @@ class Transport:
         return f"{method} {url[len(self.base):] if url.startswith(self.base) else url}"
 
     def send(self, method: str, url: str, *, scope: str, headers: Optional[dict] = None, data=None,
-             stream: bool = False) -> requests.Response:
+             stream: bool = False) -> Response:
         """One exchange (redirects followed, a 401 challenge answered once), its status not
         judged. url may be a path. `scope` is every scope the request needs, space separated."""
         url = self.url(url)
@@ -436,7 +434,7 @@ class Transport:
             return resp
 
     def _exchange(self, method: str, url: str, scopes: Tuple[str, ...], headers: Optional[dict], data,
-                  stream: bool) -> requests.Response:
+                  stream: bool) -> Response:
         for _ in range(MAX_REDIRECTS + 1):
             hdrs = dict(headers or {})
             if self.own(url) and safe_for_credentials(url):
@@ -479,7 +477,7 @@ class Transport:
                 self._auth.refresh_token = self._auth.credential.identity_token
             self._auth.loaded = True
 
-    def _authenticate(self, resp: requests.Response, scopes: Tuple[str, ...]) -> bool:
+    def _authenticate(self, resp: Response, scopes: Tuple[str, ...]) -> bool:
         """Answer a 401 challenge; True when there is a new credential to retry with."""
         if not safe_for_credentials(self.base):
             raise RegistryError(
@@ -548,7 +546,7 @@ class Transport:
         return token
 
     # -- statuses ----------------------------------------------------------------------------
-    def check(self, resp: requests.Response, *, scope: str, allow: Tuple[int, ...], what: str) -> requests.Response:
+    def check(self, resp: Response, *, scope: str, allow: Tuple[int, ...], what: str) -> Response:
         """resp when its status is allowed; else the error it means. `what` names the request
         in messages ("PUT /v2/...", "the upload of sha256:... to repo")."""
         code = resp.status_code
@@ -569,7 +567,7 @@ class Transport:
 
     # -- whole requests ----------------------------------------------------------------------
     def request(self, method: str, path: str, *, scope: str, headers: Optional[dict] = None, data=None,
-                allow: Tuple[int, ...] = (200,)) -> requests.Response:
+                allow: Tuple[int, ...] = (200,)) -> Response:
         """One registry call (path or URL), retried on resets, timeouts, 429 and 5xx; a response
         whose status is in allow, else a RegistryError. Its body is not for reading: use fetch."""
         what = f"{method} {path}"
@@ -577,12 +575,12 @@ class Transport:
                                                 scope=scope, allow=allow, what=what))
 
     def fetch(self, path: str, *, scope: str, headers: Optional[dict] = None, allow: Tuple[int, ...] = (200,),
-              limit: int = MAX_DOCUMENT, what: Optional[str] = None) -> Tuple[requests.Response, bytes]:
+              limit: int = MAX_DOCUMENT, what: Optional[str] = None) -> Tuple[Response, bytes]:
         """GET path (or URL), retried like request: (response, body read whole). A body over
         limit bytes is a VerificationError; the body of a status other than 200 is b""."""
         label = what or f"GET {path}"
 
-        def attempt() -> Tuple[requests.Response, bytes]:
+        def attempt() -> Tuple[Response, bytes]:
             with self.send("GET", path, scope=scope, headers=headers, stream=True) as resp:
                 self.check(resp, scope=scope, allow=allow, what=f"GET {path}")
                 if resp.status_code != 200:

@@ -120,7 +120,7 @@ class _Lease:
         new tokens as they expire. A failed renewal is tried again at the next tick; once
         renewals have failed for longer than a lease stays live (another builder may have taken
         it over), the lease is lost and the build does not publish (confirm_ownership)."""
-        reg = self.reg.clone()  # a client of its own: requests sessions are not shared across threads
+        reg = self.reg.clone()  # a client of its own: HTTP sessions are not shared across threads
         renewed = time.monotonic()
         while not self._stop.wait(self.settings.lease_renew):
             try:

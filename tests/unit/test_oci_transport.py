@@ -21,6 +21,7 @@ import requests
 from composer.errors import RegistryError, VerificationError
 from composer.oci import transport as transport_mod
 from composer.oci.client import OCI_MANIFEST, Registry
+from composer.oci.http import ConnectionFailed, TLSError
 from composer.oci.transport import RETRY_STATUSES, RetryPolicy, Transient, Transport
 from tests.fakes import FakeRegistry, registry_fixture
 
@@ -171,7 +172,7 @@ def test_unreachable_registry(clock):
         Registry("127.0.0.1:1", attempts=2).tags("envs")
     line = err.value.one_line()
     assert "registry 127.0.0.1:1 failed after 2 attempts: connection refused" in line
-    assert isinstance(err.value.__cause__.__cause__, requests.ConnectionError)
+    assert isinstance(err.value.__cause__.__cause__, ConnectionFailed)
 
 
 def test_attempts_come_from_the_caller_never_the_environment(monkeypatch):
@@ -224,7 +225,7 @@ def test_a_blob_put_that_landed_though_its_answer_was_lost_is_not_repeated(fake_
     def lose_the_answer(method, url, **kw):
         resp = original(method, url, **kw)
         if method == "PUT":
-            raise requests.ConnectionError("Connection reset by peer")
+            raise ConnectionFailed("http://127.0.0.1: [Errno 104] Connection reset by peer")
         return resp
 
     reg.session.request = lose_the_answer
@@ -294,9 +295,9 @@ def test_an_untrusted_certificate_is_one_tls_error_never_retried(tls_server, clo
     with pytest.raises(RegistryError) as err:
         untrusted.request("GET", "/v2/", scope="")
     assert err.value.one_line() == (
-        f"TLS verification failed for registry {host} (SSLError); "
+        f"TLS verification failed for registry {host} (TLSError); "
         "set COMPOSER_CA_BUNDLE to the CA that signed it, or list the host in insecure_registries")
-    assert isinstance(err.value.__cause__, requests.exceptions.SSLError)
+    assert isinstance(err.value.__cause__, TLSError)
     assert clock.sleeps == []
     # The CA bundle is how it becomes trusted; verification is never turned off.
     assert Transport(host, f"https://{host}", verify=cert).request("GET", "/v2/", scope="").status_code == 200
