@@ -21,7 +21,9 @@ _REFS: Dict[Tuple[str, Optional[str]], str] = {}
 
 
 def _settings(settings: Optional[Settings], registry: Optional[str]) -> Settings:
-    return settings or load_settings({"registry": registry})
+    """Settings for one call: registry clients of its own, so what one call's clients remember
+    (content they read, by digest) never answers for a later call."""
+    return settings.for_one_call() if settings is not None else load_settings({"registry": registry})
 
 
 def build(

@@ -439,7 +439,7 @@ class LaunchRef(str):
         return self._resolved[key]
 
     def _resolve(self, run: str, values: Dict[str, str]) -> str:
-        settings = self._settings or load_settings({"registry": self._registry})
+        settings = self._settings.for_one_call() if self._settings else load_settings({"registry": self._registry})
         fields = template_fields(self.template)
         if all(f in values for f in fields):
             return resolve(settings, render_name(self.template, values))[0]

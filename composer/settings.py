@@ -17,7 +17,7 @@ come from the environment only; composer.toml holds the plain keys.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -60,6 +60,11 @@ class Settings:
     clients: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- derived locations -------------------------------------------------
+    def for_one_call(self) -> "Settings":
+        """The same settings with registry clients of their own (composer.oci.connect makes one
+        per Settings and host), for one API call or one resolution in a long-lived process."""
+        return replace(self, clients={})
+
     @property
     def registry_host(self) -> str:
         return self.require_registry().split("/", 1)[0]

@@ -165,10 +165,11 @@ class Registry:
         # None until the registry has answered a referrers query; False: it has no referrers API
         # (distribution 2.8), so the tag schema is read without asking it again.
         self._referrers_api: Optional[bool] = None
-        # Manifests by digest this client read or wrote, and small blobs it knows the repository
-        # holds (it uploaded them, or a HEAD said so): content-addressed, so asking again in the
-        # same command can only give the same answer, unless this client deleted it (forgotten
-        # then). A blob removed behind our back fails the manifest PUT that needs it: closed.
+        # Manifests by digest this client read, and small blobs it knows the repository holds (it
+        # uploaded them, or a HEAD said so): content-addressed, so asking again in the same
+        # command can only give the same answer, unless this client deleted it (forgotten then).
+        # A client lives for one command (one Settings: the API makes its own per call). A blob
+        # removed behind our back fails the manifest PUT that needs it: closed, and forgotten.
         self._manifests: Dict[Tuple[str, str], Tuple[bytes, Descriptor]] = {}
         self._have: Dict[Tuple[str, str], int] = {}
 
@@ -264,6 +265,7 @@ class Registry:
                                         "check that every blob it names was pushed")
                 code = error_code(resp)
                 if code in BLOB_COMMIT_CODES:
+                    self._have = {k: v for k, v in self._have.items() if k[0] != repo}  # ask again next time
                     raise Transient(f"{code} for PUT {path}", refused)
                 raise refused
             return self.transport.check(resp, scope=scope, allow=(201,), what=f"PUT {path}")
@@ -272,9 +274,8 @@ class Registry:
         claimed = resp.headers.get("Docker-Content-Digest")
         if claimed and claimed != digest:
             raise VerificationError(f"registry {self.host} stored {repo}:{ref} as {claimed}, expected {digest}", "the registry is inconsistent")
-        desc = Descriptor(media_type, digest, len(body))
-        self._remember(repo, body, desc)
-        return desc, bool(resp.headers.get("OCI-Subject"))
+        # Not remembered: what the registry holds is only known by reading it (verify_image does).
+        return Descriptor(media_type, digest, len(body)), bool(resp.headers.get("OCI-Subject"))
 
     def tag(self, repo: str, digest: str, *tags: str, before_write: Optional[Callable[[], None]] = None) -> None:
         """Point tags, in order, at an existing manifest, copying its exact bytes (digest unchanged).

@@ -10,7 +10,7 @@ composer.oci.transport's. What it does itself:
   certifi, else the system's roots) or the one given; the host name is checked;
 - takes proxies from the environment as requests does: <scheme>_proxy, else all_proxy (lower
   case first), and no_proxy ("*", hosts, domains and their subdomains, IPs, CIDR ranges, each
-  optionally with :port). Like requests, loopback is not exempt unless no_proxy lists it. Only
+  optionally with :port). Unlike requests, loopback never goes through a proxy. Only
   http:// proxies; https goes through them with CONNECT. ~/.netrc is never read;
 - sends no Accept-Encoding and decodes no Content-Encoding: digests are over the exact bytes.
 
@@ -33,6 +33,7 @@ import threading
 from typing import Dict, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlencode, urlsplit
 
+from composer.model.refs import is_loopback
 from composer.version import __version__
 
 log = logging.getLogger("composer.http")
@@ -168,9 +169,11 @@ def bypasses_proxy(host: str, port: int, no_proxy: str) -> bool:
 
 
 def proxy_for(scheme: str, host: str, port: int) -> Optional[str]:
-    """The proxy URL the environment names for scheme://host:port, or None."""
+    """The proxy URL the environment names for scheme://host:port, or None. Loopback never goes
+    through a proxy (requests would send it there): composer sends credentials over plain HTTP
+    to loopback only because such traffic never leaves the machine."""
     proxy = _env(f"{scheme}_proxy") or _env("all_proxy")
-    if not proxy or bypasses_proxy(host, port, _env("no_proxy")):
+    if not proxy or is_loopback(host) or bypasses_proxy(host, port, _env("no_proxy")):
         return None
     return proxy
 

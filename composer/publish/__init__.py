@@ -98,14 +98,14 @@ def publish(settings: Settings, reg: Registry, repo: str, *, name: str, spec: st
     lease are checked (it writes nothing, so a build that never comes costs only time)."""
     keys = [name] + ([run_id] if run_id else [])
     found = cached_image(reg, repo, spec, name)
-    if found is None and start is not None:
-        start()
     exists = check_name_free(reg, repo, name, spec, update, found)
     if found is None:
         check_run_ids_free(settings, keys)  # before anything is written or built
     claim = NameClaim(reg, repo, name, spec, settle=min(settings.lease_poll, CLAIM_SETTLE)) if not exists and not update else None
     if claim is not None:
         claim.stake()  # a concurrent build of another composition under this new name: one of us fails
+    if found is None and start is not None:
+        start()  # after the checks that refuse a build, so a refused one does not wait for it to end
     try:
         return _publish(settings, reg, repo, name=name, spec=spec, update=update, run_id=run_id, provenance=provenance,
                         upstream=upstream, comp=comp, build_it=build_it, found=found, claim=claim, keys=keys)

@@ -518,20 +518,24 @@ def test_a_build_started_ahead_installs_once_and_gives_the_same_image(monkeypatc
     assert not installs[0].parent.exists()
 
 
-def test_a_failed_install_ahead_is_done_again_and_its_error_reported(monkeypatch):
+def test_a_failed_install_ahead_is_the_builds_error(monkeypatch):
+    """A package without a wheel (CannotBuild: the caller falls back to BuildKit) or a failing uv:
+    the build raises what the install begun ahead raised, without running uv again."""
     calls = []
+    for error in (CannotBuild("daemonless", "pkg has no wheel for the platform"),
+                  BuildError("uv could not install the extras for the new layer: boom", "check the package index")):
+        def failing(*a, error=error):
+            calls.append(a[3])
+            raise error
 
-    def failing(*a):
-        calls.append(a[3])
-        raise BuildError("uv could not install the extras for the new layer: boom", "check the package index")
-
-    monkeypatch.setattr(dl, "install_extras", failing)
-    reg = MemoryRegistry("127.0.0.1:5000")
-    job = _started_job(reg, _seed_base(reg, DOCKER_MANIFEST))
-    dl.DaemonlessBuilder().start(job)
-    with pytest.raises(BuildError, match="boom"):
-        dl.DaemonlessBuilder().build(job)
-    assert len(calls) == 2  # ahead, then again in the build, whose error is the one reported
+        monkeypatch.setattr(dl, "install_extras", failing)
+        reg = MemoryRegistry("127.0.0.1:5000")
+        job = _started_job(reg, _seed_base(reg, DOCKER_MANIFEST))
+        dl.DaemonlessBuilder().start(job)
+        with pytest.raises(type(error)) as raised:
+            dl.DaemonlessBuilder().build(job)
+        assert raised.value is error
+    assert len(calls) == 2  # once per build: ahead only
 
 
 def test_build_with_zstd_when_available(monkeypatch):

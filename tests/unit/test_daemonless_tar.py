@@ -363,3 +363,13 @@ def test_a_file_that_shrinks_while_it_is_written_is_an_error(tmp_path, monkeypat
     monkeypatch.setattr(os, "fstat", stale_fstat)
     with pytest.raises(BuildError, match="shrank while the layer was written"):
         write_layer([Entry("opt/f", "file", 0o644, source=str(src))], io.BytesIO())
+
+
+def test_a_symlink_loop_is_kept_as_a_symlink(tmp_path):
+    site = tmp_path / "lib" / "python3.12" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "loop").symlink_to("loop")  # is_dir() raises ELOOP on it
+    (site / "m.py").write_text("x = 1\n")
+    layout = Layout(executable="/usr/local/bin/python3", site_packages="/usr/local/lib/python3.12/site-packages", base="/usr/local")
+    entries = {e.path: e for e in stage_entries(tmp_path, layout)}
+    assert entries["usr/local/lib/python3.12/site-packages/loop"].kind == "symlink"

@@ -352,3 +352,13 @@ def test_client_remembers_content_by_digest_until_it_deletes_it(fake_registry, c
     assert client.get_manifest("envs", d) is None  # forgotten with the delete: the registry is asked
     assert [m for m, _ in fake_registry.requests] == ["DELETE", "GET"]
     assert client.head_manifest("envs", "v1") is None  # tags are never remembered
+
+
+def test_what_a_client_wrote_is_read_back_from_the_registry(fake_registry, client):
+    """A manifest this client PUT is not taken from memory: verifying a push must ask."""
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": client.push_blob("envs", b"{}", OCI_EMPTY).to_dict(),
+                       "layers": []}).encode()
+    desc, _ = client.put_manifest("envs", "v1", body, OCI_MANIFEST)
+    fake_registry.requests.clear()
+    assert client.get_manifest("envs", desc.digest)[0] == body
+    assert [m for m, _ in fake_registry.requests] == ["GET"]

@@ -446,7 +446,21 @@ def test_tls_contexts_are_made_once(tmp_path, monkeypatch):
 
 
 # -- proxies -------------------------------------------------------------------------------
-def test_http_proxy_from_the_environment_and_no_proxy(server, proxy, monkeypatch):
+@pytest.fixture
+def proxied_loopback(monkeypatch):
+    """The test servers are on loopback, which never goes through a proxy: here it does, as any
+    other host would."""
+    monkeypatch.setattr(http_mod, "is_loopback", lambda host: False)
+
+
+def test_loopback_never_goes_through_a_proxy(server, proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("ALL_PROXY", proxy.url)
+    assert echo(Session(), f"{server.base}/echo")["path"] == "/echo"
+    assert proxy.seen == []  # credentials go to loopback over plain HTTP only because it stays here
+
+
+def test_http_proxy_from_the_environment_and_no_proxy(server, proxy, monkeypatch, proxied_loopback):
     monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://user:p%40ss@"))
     doc = echo(Session(), f"{server.base}/echo?q=1")
     assert doc["path"] == "/echo?q=1" and doc["headers"]["host"] == server.base.split("//")[1]
@@ -457,7 +471,7 @@ def test_http_proxy_from_the_environment_and_no_proxy(server, proxy, monkeypatch
     assert len(proxy.seen) == 1
 
 
-def test_https_goes_through_the_proxy_with_connect(tls_server, proxy, monkeypatch):
+def test_https_goes_through_the_proxy_with_connect(tls_server, proxy, monkeypatch, proxied_loopback):
     srv, ca = tls_server
     monkeypatch.setenv("https_proxy", proxy.url.replace("http://", "http://u:pw@"))
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # not for https
@@ -471,7 +485,7 @@ def test_https_goes_through_the_proxy_with_connect(tls_server, proxy, monkeypatc
     assert len(proxy.seen) == 1
 
 
-def test_all_proxy_is_the_fallback(server, proxy, monkeypatch):
+def test_all_proxy_is_the_fallback(server, proxy, monkeypatch, proxied_loopback):
     monkeypatch.setenv("ALL_PROXY", proxy.url)
     echo(Session(), f"{server.base}/echo")
     assert [m for m, _, _ in proxy.seen] == ["GET"]
@@ -486,7 +500,7 @@ def test_all_proxy_is_the_fallback(server, proxy, monkeypatch):
     ("registry.example.com", 5000, "example.com:5000", True),
     ("10.1.2.3", 80, "10.0.0.0/8", True),
     ("10.1.2.3", 80, "10.1.2.4", False),
-    ("127.0.0.1", 5000, "", False),  # as requests: loopback only when listed
+    ("127.0.0.1", 5000, "", False),  # no_proxy alone (proxy_for exempts loopback before asking it)
     ("127.0.0.1", 5000, "localhost,127.0.0.1", True),
     ("::1", 5000, "::1", True),
     ("anything", 1, " * ", True),

@@ -333,14 +333,9 @@ def _stage(settings, lock: Lock, upstream: RunRecord) -> _Staging:
 
 
 def _staged(started) -> Optional[_Staging]:
-    """What DaemonlessBuilder.start installed; None when it did not (the build installs again and
-    reports what went wrong)."""
-    if started is None:
-        return None
-    try:
-        return started.result()
-    except Exception:  # noqa: BLE001  # installed again by the caller, which reports the error
-        return None
+    """What DaemonlessBuilder.start installed (None when it was not started); its error, when the
+    install failed, is raised here as the build's own (the same install would fail the same way)."""
+    return started.result() if started is not None else None
 
 
 # -- the whole job ------------------------------------------------------------------------------

@@ -163,6 +163,13 @@ def _ancestors(path: str) -> List[str]:
     return [str(a) for a in p.parents]
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a symlink loop: not a directory (os.walk counts it a file, and so do we)
+        return False
+
+
 def file_mode(st_mode: int) -> int:
     return 0o755 if st_mode & 0o111 else 0o644
 
@@ -189,7 +196,7 @@ def stage_entries(prefix: Path, layout: Layout) -> List[Entry]:
         for child in children:
             rel = rel_dir + child.name
             is_link = child.is_symlink()
-            if child.is_dir():  # follows a symlink, as os.walk sorts names
+            if _is_dir(child):  # follows a symlink, as os.walk sorts names
                 if child.name == "__pycache__":
                     continue
                 if not is_link:
