@@ -5,7 +5,8 @@ so it can be made without running anything inside the image. By stage:
 
   1. install.py: uv installs the added packages (wheels only, hash-checked, no dependency
      resolution) for the image's platform and python into a staging prefix on this machine,
-     from uv's persistent cache;
+     from uv's persistent cache; begun (with step 2) while the build waits for its lease
+     (`DaemonlessBuilder.start`), since it writes nothing but a temporary directory;
   2. layout.py: the staging prefix is mapped onto the image's own layout: site-packages to
      the upstream's site-packages, scripts to its scripts directory with the image's python
      in their shebangs, data files to the scheme's base, just as `uv pip install --python
