@@ -450,6 +450,22 @@ class _Server(http.server.ThreadingHTTPServer):
         super().shutdown_request(request)
 
 
+def request_body(handler) -> bytes:
+    """The body of the request a BaseHTTPRequestHandler is serving: Content-Length or chunked."""
+    if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+        out = bytearray()
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while handler.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return bytes(out)
+            out += handler.rfile.read(size)
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every answer has a Content-Length
     server_version = "fake-distribution/2.8"
@@ -462,22 +478,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args) -> None:  # silent
         pass
 
-    def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
     def _serve(self) -> None:
-        reply = self.server.registry.handle(self.command, self.path, self.headers, self._body())
+        reply = self.server.registry.handle(self.command, self.path, self.headers, request_body(self))
         if reply is None:
             self.close_connection = True
             return

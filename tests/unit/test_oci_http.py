@@ -28,6 +28,7 @@ from composer.oci import http as http_mod
 from composer.oci.client import OCI_MANIFEST, Pieces, Registry
 from composer.oci.http import ConnectionFailed, HTTPError, Session, TimedOut, TLSError, bypasses_proxy
 from tests.fakes import registry_fixture
+from tests.fakes.registry import request_body
 
 fake_registry = pytest.fixture(registry_fixture)
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,18 +54,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        return request_body(self)
 
     def _reply(self, status: int, body: bytes = b"", headers=()) -> None:
         self.send_response(status)
