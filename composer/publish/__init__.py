@@ -37,7 +37,7 @@ from composer.store import (
     build_records_of, load_run_record, name_key, newest_record, relist_record, runs_repository, spec_key,
     write_build_record, write_run_record,
 )
-from composer.upstream.runs import composed_run_record
+from composer.upstream.runs import composed_run_record, keep_run_version
 
 
 @dataclass
@@ -286,13 +286,18 @@ def refuse_recorded_run(key: str, got: Optional[Tuple[RunRecord, str]]) -> None:
 
 
 def store_as_upstream(settings: Settings, record: BuildRecord, upstream: RunRecord, comp: Composition, keys: List[str]) -> None:
-    """Write a run record for the composed environment under each key, so it can be another build's upstream."""
+    """Write a run record for the composed environment under each key, so it can be another build's
+    upstream. Each key's run history (`composer history --run KEY`) lists every record it has had,
+    so the one a moved name replaces stays listed and kept, as `composer record --update` keeps it."""
     added, conda = comp.kind.composed_environment(comp, upstream)
-    reg = connect(settings)
+    reg, repo = connect(settings), runs_repository(settings)
     for key in keys:
-        write_run_record(reg, runs_repository(settings),
-                         composed_run_record(key, record.image, upstream, record.name, record.spec_hash, record.created,
-                                             added, conda))
+        before = load_run_record(reg, repo, key)
+        if before is not None:
+            keep_run_version(reg, repo, key, before[1], "replaced")  # nothing when it is the newest already
+        digest = write_run_record(reg, repo, composed_run_record(key, record.image, upstream, record.name, record.spec_hash,
+                                                                 record.created, added, conda))
+        keep_run_version(reg, repo, key, digest, "composed")
 
 
 def ensure_run_record(settings: Settings, record: BuildRecord, upstream: RunRecord, comp: Composition, run_id: str) -> None:

@@ -17,6 +17,7 @@ from composer.oci import connect
 from composer.oci.client import DOCKER_MANIFEST, OCI_MANIFEST
 from composer.publish import cached_image, claim_tag, publish, spec_tag, unique_tag
 from composer.publish.lease import lease_tag
+from composer.upstream.runs import run_history
 from composer.store import build_records_of, load_run_record, name_key, read_run_record, record_tag, spec_key
 
 from tests.unit.conftest import UPSTREAM_RUN
@@ -40,7 +41,9 @@ def test_first_publish_builds_once_and_writes_record_spec_runs_history_then_name
         f"envs:{record_tag(result.digest, spec_key(spec))}",
         f"envs:{referrers_tag(result.digest)}",  # ... listed under the referrers tag schema (no referrers API)
         f"envs:{spec_tag(spec)}",  # what the cache looks up
-        f"runs:{run_tag(NAME)}", f"runs:{run_tag('ExplainerFlow/1')}",  # so it can be an upstream
+        # so it can be an upstream, each listed in its run's history
+        f"runs:{run_tag(NAME)}", f"runs:hist-{run_tag(NAME)}",
+        f"runs:{run_tag('ExplainerFlow/1')}", f"runs:hist-{run_tag('ExplainerFlow/1')}",
         f"envs:hist-{NAME}",
         f"envs:{NAME}",  # last
     ]
@@ -86,9 +89,21 @@ def test_a_cache_hit_with_a_new_run_id_becomes_that_runs_environment(lab):
     second = lab.publish(NAME, run_id="ExplainerFlow/2")
 
     assert second.cached and lab.builds == [NAME]
-    assert lab.manifest_puts(since) == [f"runs:{run_tag('ExplainerFlow/2')}"]
-    run, _ = load_run_record(lab.reg, lab.runs, "ExplainerFlow/2")
+    assert lab.manifest_puts(since) == [f"runs:{run_tag('ExplainerFlow/2')}", f"runs:hist-{run_tag('ExplainerFlow/2')}"]
+    run, digest = load_run_record(lab.reg, lab.runs, "ExplainerFlow/2")
     assert run.image.digest == first.digest and run.distributions_source == "composed"
+    assert [(v["record"], v["reason"]) for v in run_history(lab.settings, "ExplainerFlow/2")] == [(digest, "composed")]
+
+
+def test_a_moved_name_keeps_its_replaced_run_record_in_the_runs_history(lab):
+    """A composed environment's run record is replaced when its name moves (--update): the old one
+    stays listed in `composer history --run NAME`, as a re-recorded run's does."""
+    lab.publish(NAME)
+    _, old = load_run_record(lab.reg, lab.runs, NAME)
+    lab.publish(NAME, packages=(("iniconfig", "2.0.0"), ("six", "1.17.0")), update=True)
+    _, new = load_run_record(lab.reg, lab.runs, NAME)
+    assert new != old
+    assert [(v["record"], v["reason"]) for v in run_history(lab.settings, NAME)] == [(old, "composed"), (new, "composed")]
 
 
 def test_the_same_spec_under_another_name_records_that_names_own_provenance(lab):
