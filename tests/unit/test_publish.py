@@ -359,7 +359,22 @@ def test_a_cache_hit_asks_the_registry_only_what_it_must(lab):
         ("GET", f"{lab.envs}/manifests/hist-{NAME}"),  # is this the name's newest version?
         ("HEAD", None),  # the unique tag ...
         ("HEAD", f"{lab.envs}/manifests/{NAME}"),  # ... and the name: both in place, nothing written
+        ("GET", None),  # the referrers tag again: is our record still listed (a writer may have dropped it)?
     ]
     assert [m for m, _ in asked] == [m for m, _ in expected], asked
     assert all(t is None or t == got for (_, t), (_, got) in zip(expected, asked)), asked
     assert not any(m in ("PUT", "POST", "PATCH", "DELETE") for m, _ in asked)
+
+
+def test_a_cache_hit_lists_its_record_again_when_a_writer_dropped_it(lab):
+    """The shared referrers index is rewritten by every publisher of the image: one can drop
+    another's record. A later publish of the name, a cache hit included, puts it back."""
+    first = lab.publish(NAME)
+    index = referrers_tag(first.digest)
+    lab.fake.put_raw_manifest(lab.envs, index, json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                                                          "manifests": []}).encode(), "application/vnd.oci.image.index.v1+json")
+    assert build_records_of(lab.reg.clone(), lab.envs, first.digest) == []  # gone from the index ...
+    second = lab.publish(NAME)
+    assert second.cached
+    listed = build_records_of(lab.reg.clone(), lab.envs, first.digest)
+    assert [d.digest for _, d in listed] == [first.record]  # ... and back, found through the index alone
