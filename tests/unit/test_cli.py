@@ -109,3 +109,11 @@ def test_version(capsys):
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"composer {__version__}"
+
+
+def test_lineage_formats_are_the_renderers():
+    """The parser lists the formats without importing the renderers (a command imports what it runs)."""
+    from composer import cli
+    from composer.catalog import compare
+
+    assert list(cli.LINEAGE_FORMATS) == sorted(compare.RENDERERS)
