@@ -50,7 +50,7 @@ from composer.catalog import resolve
 from composer.catalog.pull import AFTER_PULL
 from composer.errors import ComposerError, EnvironmentProblem, NotFoundError, UsageError, VerificationError
 from composer.model.records import RunRecord
-from composer.model.refs import MAX_NAME_LEN, check_name, render_name, run_tag, slug
+from composer.model.refs import check_name, render_name, run_tag, slug
 from composer.oci import connect
 from composer.settings import Settings, load_settings
 from composer.store import envs_repository, read_run_record, runs_repository

@@ -90,10 +90,10 @@ def _verified_record(reg: Registry, repo: str, ref: str, image_digest: str) -> O
             f"record {repo}@{mdesc.digest} does not describe {image_digest}",
             "the referrers index is inconsistent; rebuild the environment",
         )
-    # As the referrers index lists it (artifact type, annotations), so it can be listed again.
-    annotations = manifest.get("annotations") if isinstance(manifest.get("annotations"), dict) else {}
+    # As write_build_record lists it (artifact type, annotations from the checked record), so it
+    # can be listed again.
     return record, Descriptor(mdesc.media_type, mdesc.digest, mdesc.size, artifact_type=BUILD_RECORD_TYPE,
-                              annotations={str(k): str(v) for k, v in annotations.items()})
+                              annotations=dict(annotations_for(record)))
 
 
 def build_records_of(reg: Registry, repo: str, image_digest: str, keys: Iterable[str] = ()) -> List[Tuple[BuildRecord, Descriptor]]:

@@ -48,8 +48,8 @@ def start_build(job: BuildJob) -> None:
     from composer.builders import daemonless
 
     try:
-        if job.settings.builder in ("auto", "daemonless") and daemonless.unsupported_reason(job) is None:
-            daemonless.DaemonlessBuilder().start(job)
+        if job.settings.builder in ("auto", "daemonless"):
+            daemonless.DaemonlessBuilder().start(job)  # it begins only what it can build
     except Exception:  # noqa: BLE001  # the build itself reports it
         job.started = None
 

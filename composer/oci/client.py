@@ -244,11 +244,9 @@ class Registry:
         parsed = parse_json_object(body, f"manifest {repo}:{ref} from {self.host}")
         if isinstance(parsed.get("mediaType"), str) and parsed["mediaType"]:
             media_type = parsed["mediaType"]
-        return self._remember(repo, body, Descriptor(media_type, digest, len(body)))
-
-    def _remember(self, repo: str, body: bytes, desc: Descriptor) -> Tuple[bytes, Descriptor]:
+        desc = Descriptor(media_type, digest, len(body))
         if len(self._manifests) < 4096:
-            self._manifests[(repo, desc.digest)] = (body, desc)
+            self._manifests[(repo, digest)] = (body, desc)
         return body, desc
 
     def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> Tuple[Descriptor, bool]:

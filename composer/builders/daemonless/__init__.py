@@ -333,12 +333,6 @@ def _stage(settings, lock: Lock, upstream: RunRecord) -> _Staging:
     return staging
 
 
-def _staged(started) -> Optional[_Staging]:
-    """What DaemonlessBuilder.start installed (None when it was not started); its error, when the
-    install failed, is raised here as the build's own (the same install would fail the same way)."""
-    return started.result() if started is not None else None
-
-
 # -- the whole job ------------------------------------------------------------------------------
 class DaemonlessBuilder(Builder):
     name = "daemonless"
@@ -375,7 +369,8 @@ class DaemonlessBuilder(Builder):
 
         started, job.started = job.started, None
         with progress_bar(settings, f"installing {len(lock.added)} package(s) with uv", total=1, unit_bytes=False) as done:
-            staging = _staged(started) or _stage(settings, lock, upstream)
+            # What start() began, or its error as the build's own (the same install would fail the same way).
+            staging = started.result() if started is not None else _stage(settings, lock, upstream)
             done(1)
         try:
             entries = staging.entries

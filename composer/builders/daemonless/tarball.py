@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import os
 import struct
 import tarfile
